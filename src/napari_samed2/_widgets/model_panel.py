@@ -1,0 +1,140 @@
+"""Model panel: choose a registry model or a checkpoint file, a device and a precision; load it.
+
+Loading runs in a napari ``thread_worker`` so the viewer stays responsive while weights are
+downloaded or read; a failure is shown in plain words in the panel, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_samed2.models import DEFAULT_MODEL, MODELS, LoadedModel, load_model
+
+if TYPE_CHECKING:
+    import napari
+
+FROM_FILE = "Checkpoint file..."
+
+
+class ModelPanel(QWidget):
+    """Loads one model at a time and announces it through ``model_changed``."""
+
+    model_changed = Signal(object)  # LoadedModel | None
+
+    def __init__(self, napari_viewer: napari.Viewer | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.model: LoadedModel | None = None
+        self._worker = None
+
+        self.model_choice = QComboBox()
+        for name, spec in MODELS.items():
+            self.model_choice.addItem(spec.title, name)
+        self.model_choice.addItem(FROM_FILE, None)
+        self.model_choice.setCurrentIndex(list(MODELS).index(DEFAULT_MODEL))
+        self.checkpoint_path = QLineEdit()
+        self.checkpoint_path.setPlaceholderText("path to .pt / .pth / .safetensors")
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._browse)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.checkpoint_path)
+        path_row.addWidget(browse)
+
+        self.device_choice = QComboBox()
+        self.device_choice.addItems(["auto", "cuda", "mps", "cpu"])
+        self.dtype_choice = QComboBox()
+        self.dtype_choice.addItems(["auto", "float32", "bfloat16", "float16"])
+
+        self.load_button = QPushButton("Load model")
+        self.load_button.clicked.connect(self.load)
+        self.unload_button = QPushButton("Unload")
+        self.unload_button.clicked.connect(self.unload)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)  # busy indicator; downloads report in the terminal
+        self.progress.hide()
+        self.status = QLabel("No model loaded.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Model", self.model_choice)
+        form.addRow("Checkpoint", path_row)
+        form.addRow("Device", self.device_choice)
+        form.addRow("Precision", self.dtype_choice)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.load_button)
+        buttons.addWidget(self.unload_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a checkpoint", "", "Checkpoints (*.pt *.pth *.ckpt *.safetensors)"
+        )
+        if path:
+            self.checkpoint_path.setText(path)
+            self.model_choice.setCurrentIndex(self.model_choice.findData(None))
+
+    def load_arguments(self) -> tuple[str, dict]:
+        """What :func:`load_model` will be called with, from the current choices."""
+        name = self.model_choice.currentData()
+        path = self.checkpoint_path.text().strip()
+        kwargs = {"device": self.device_choice.currentText(), "dtype": self.dtype_choice.currentText()}
+        if name is None or path:
+            if not path:
+                raise ValueError("Choose a checkpoint file, or pick a model from the list.")
+            if name is not None:
+                kwargs["architecture"] = name
+            return path, kwargs
+        return name, kwargs
+
+    def load(self) -> None:
+        from napari.qt.threading import create_worker
+
+        try:
+            target, kwargs = self.load_arguments()
+        except ValueError as exc:
+            self._show_error(str(exc))
+            return
+        self._set_busy(True, f"Loading {target}...")
+        self._worker = create_worker(load_model, target, **kwargs)
+        self._worker.returned.connect(self._on_loaded)
+        self._worker.errored.connect(lambda exc: self._show_error(str(exc)))
+        self._worker.finished.connect(lambda: self._set_busy(False))
+        self._worker.start()
+
+    def unload(self) -> None:
+        self.model = None
+        self.status.setText("No model loaded.")
+        self.model_changed.emit(None)
+
+    def _on_loaded(self, model: LoadedModel) -> None:
+        self.model = model
+        self.status.setText(f"Loaded {model.describe()}")
+        self.model_changed.emit(model)
+
+    def _show_error(self, message: str) -> None:
+        self.status.setText(f"Could not load the model: {message}")
+
+    def _set_busy(self, busy: bool, message: str = "") -> None:
+        self.load_button.setEnabled(not busy)
+        self.progress.setVisible(busy)
+        if message:
+            self.status.setText(message)

@@ -1,0 +1,31 @@
+"""Errors a user can act on. Each message says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class SamEd2Error(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class UnknownModelError(SamEd2Error, ValueError):
+    """A model name that is not in the registry."""
+
+
+class CheckpointError(SamEd2Error):
+    """A checkpoint file that is missing, unreadable or not a state dict."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose keys or shapes do not fit the chosen architecture."""
+
+
+class WeightsUnavailableError(SamEd2Error):
+    """Weights that cannot be fetched (offline, no cache, or not downloadable at all)."""
+
+
+class PromptError(SamEd2Error, ValueError):
+    """A prompt that cannot be used: empty, outside the image, wrong shape."""
+
+
+class VolumeError(SamEd2Error, ValueError):
+    """An array that cannot be segmented as given (dimensions, axis, intensities)."""

@@ -1,0 +1,198 @@
+"""Build a SAM-2 family model from the registry and load its weights (local file or the hub)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from napari_samed2.errors import CheckpointMismatchError, WeightsUnavailableError
+from napari_samed2.models.checkpoint import (
+    CHECKPOINT_SUFFIXES,
+    describe_mismatch,
+    diff_state_dict,
+    guess_architecture,
+    read_state_dict,
+)
+from napari_samed2.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
+
+log = logging.getLogger(__name__)
+
+# sam2's mask post-processing (hole filling) needs its optional CUDA extension; without it
+# sam2 warns on every frame and leaves the mask as is. We switch it off once instead.
+HAS_SAM2_EXTENSION = importlib.util.find_spec("sam2._C") is not None
+
+
+@dataclass
+class LoadedModel:
+    """A ready model: the sam2 module plus what the engine needs to feed it correctly."""
+
+    spec: ModelSpec
+    sam: torch.nn.Module  # a sam2 SAM2VideoPredictor, i.e. a SAM2Base with stock post-processing
+    device: torch.device
+    dtype: torch.dtype  # compute dtype; weights stay float32 and bf16 runs under autocast
+    checkpoint: Path | None
+
+    @property
+    def image_size(self) -> int:
+        return int(self.sam.image_size)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.sam.parameters())
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Inference mode, with autocast when the compute dtype is below float32."""
+        with torch.inference_mode():
+            if self.dtype == torch.float32:
+                yield
+            else:
+                with torch.autocast(self.device.type, dtype=self.dtype):
+                    yield
+
+    def describe(self) -> str:
+        return (
+            f"{self.spec.title}: {self.image_size} px, {self.device.type}, "
+            f"{str(self.dtype).removeprefix('torch.')}, {self.num_parameters / 1e6:.1f} M parameters"
+        )
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
+    if str(device) != "auto":
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("device='mps' was asked for but this PyTorch has no MPS support; use 'auto' or 'cpu'.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on CUDA (what SAM-2 was tuned for), float32 elsewhere.
+
+    bf16 autocast on CPU was measured about 10x slower than float32 here.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    named = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return named[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(named)}, not {dtype!r}") from None
+
+
+def build_model(spec: ModelSpec, image_size: int | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The sam2 architecture of ``spec`` with random weights (SAMed-2's adapter inserted).
+
+    Built as sam2's ``SAM2VideoPredictor`` with its stock post-processing overrides, so the
+    engine and the stock predictor run the very same module.
+    """
+    from sam2.build_sam import build_sam2_video_predictor
+
+    size = image_size or spec.image_size
+    if size % 32:
+        raise ValueError(f"image_size must be a multiple of 32, not {size}")
+    sam = build_sam2_video_predictor(
+        spec.config, ckpt_path=None, device=device, hydra_overrides_extra=[f"++model.image_size={size}"]
+    )
+    if spec.temporal_adapter:
+        from napari_samed2.models.temporal_adapter import insert_temporal_adapters
+
+        insert_temporal_adapters(sam.image_encoder.trunk)
+        sam.to(device)
+    if not HAS_SAM2_EXTENSION:
+        sam.fill_hole_area = 0
+    return sam.eval()
+
+
+def fetch_weights(spec: ModelSpec, cache_dir: str | Path | None = None) -> Path:
+    """Download (or find in the Hugging Face cache) the published weights of ``spec``."""
+    if not spec.downloadable:
+        raise WeightsUnavailableError(
+            f"{spec.title} cannot be downloaded automatically. {spec.weights_hint}: "
+            f"load_model('/path/to/checkpoint.pth', architecture={spec.name!r})."
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(hf_hub_download(spec.hf_repo, spec.hf_filename, cache_dir=cache_dir))
+    except Exception as exc:  # the hub raises many types (HTTP, offline, cache); all mean "no file"
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(". ")
+        raise WeightsUnavailableError(
+            f"Could not get {spec.hf_filename} from the Hugging Face hub ({spec.hf_repo}): "
+            f"{reason}. If this machine is offline, download the file elsewhere and pass its "
+            f"path: load_model('/path/to/{spec.hf_filename}'), or place it in the Hugging Face "
+            f"cache ({cache_dir or HF_HUB_CACHE}) with `hf download {spec.hf_repo} {spec.hf_filename}`."
+        ) from exc
+
+
+def looks_like_path(name_or_path: str | os.PathLike) -> bool:
+    text = os.fspath(name_or_path)
+    return text not in MODELS and (
+        Path(text).suffix in CHECKPOINT_SUFFIXES or os.sep in text or Path(text).exists()
+    )
+
+
+def load_model(
+    name_or_checkpoint: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    architecture: str | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> LoadedModel:
+    """Load a registry model by name (downloading its weights) or a local checkpoint file.
+
+    A local file's architecture is guessed from its keys unless ``architecture`` names it.
+    The file is checked against the architecture before loading, so a wrong file gives a
+    message naming the missing and unexpected keys.
+    """
+    if looks_like_path(name_or_checkpoint):
+        checkpoint = Path(name_or_checkpoint).expanduser()
+        state_dict = read_state_dict(checkpoint)
+        guess = guess_architecture(state_dict, checkpoint.name)
+        spec = get_spec(architecture or guess or DEFAULT_MODEL)
+    else:
+        spec = get_spec(os.fspath(name_or_checkpoint))
+        checkpoint = fetch_weights(spec, cache_dir)
+        state_dict = read_state_dict(checkpoint)
+        guess = guess_architecture(state_dict, checkpoint.name)
+
+    torch_device = resolve_device(device)
+    sam = build_model(spec, image_size, device="cpu")
+    load_state_dict_checked(sam, state_dict, spec, checkpoint, guess)
+    sam.to(torch_device)
+    model = LoadedModel(spec, sam, torch_device, resolve_dtype(dtype, torch_device), checkpoint)
+    log.info("loaded %s from %s", model.describe(), checkpoint)
+    return model
+
+
+def load_state_dict_checked(
+    sam: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    spec: ModelSpec,
+    checkpoint: Path | str,
+    guess: str | None = None,
+) -> None:
+    ignored = ("fancy_fusion.",) if spec.temporal_adapter else ()
+    diff = diff_state_dict(sam.state_dict(), state_dict, ignored)
+    if not diff.ok:
+        raise CheckpointMismatchError(describe_mismatch(checkpoint, spec, diff, guess))
+    sam.load_state_dict({k: v for k, v in state_dict.items() if not any(p in k for p in ignored)})

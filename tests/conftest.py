@@ -1,0 +1,37 @@
+"""Shared fixtures: small random-weight checkpoints built from the real sam2 architectures.
+
+Nothing here touches the network; the checkpoints are written once per test session and
+loaded back through the public ``load_model`` path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TEST_IMAGE_SIZE = 256
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from napari_samed2.models.random_weights import save_random_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "random_sam2.1_tiny.pt"
+    return save_random_checkpoint(path, "sam2.1-tiny", image_size=TEST_IMAGE_SIZE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    from napari_samed2 import load_model
+
+    return load_model(tiny_checkpoint, device="cpu", image_size=TEST_IMAGE_SIZE)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real MR volumes beside the repo; tests that need them skip on a user's clone."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real volumes not available ({SHARED_DATA} is absent)")
+    return SHARED_DATA
