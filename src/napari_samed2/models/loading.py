@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
@@ -42,6 +43,16 @@ class LoadedModel:
     @property
     def image_size(self) -> int:
         return int(self.sam.image_size)
+
+    @property
+    def signature(self) -> str:
+        """Identifies the weights and compute settings; part of every embedding cache key."""
+        source = f"memory:{id(self.sam):x}"
+        if self.checkpoint is not None and self.checkpoint.exists():
+            stat = self.checkpoint.stat()
+            source = f"{self.checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        text = f"{self.spec.name}|{self.image_size}|{self.dtype}|{source}"
+        return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
     @property
     def num_parameters(self) -> int:

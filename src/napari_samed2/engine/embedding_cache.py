@@ -1,0 +1,109 @@
+"""Image embeddings computed once per frame: a bounded in-memory LRU backed by a disk store.
+
+The image encoder is most of a frame's cost, and stock sam2 keeps only the latest frame's
+features, so every re-propagation re-encodes the whole volume. Here a frame's features are
+keyed by a digest of its content, its normalisation and the model, so re-prompting a slice,
+adding an object or re-propagating after a correction reuses them. The in-memory part is
+bounded in bytes; what it evicts goes to disk (a temporary folder by default, deleted with the
+cache, or a folder you choose, which then persists across sessions like micro-sam's
+embedding files).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MEMORY_BYTES = 256 * 2**20
+
+
+@dataclass
+class CacheStats:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+
+
+class EmbeddingCache:
+    """Per-frame backbone features (sam2's ``backbone_fpn`` list), by key."""
+
+    def __init__(self, memory_bytes: int = DEFAULT_MEMORY_BYTES, directory: str | Path | None = None):
+        self.memory_bytes = memory_bytes
+        self.persistent = directory is not None
+        self._tmp = None if self.persistent else tempfile.TemporaryDirectory(prefix="samed2-embeddings-")
+        self.directory = Path(directory) if self.persistent else Path(self._tmp.name)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._memory: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
+        self._used = 0
+        self.stats = CacheStats()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._memory or self._path(key).exists()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.safetensors"
+
+    def get(self, key: str, device: torch.device | str = "cpu") -> list[torch.Tensor] | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.stats.memory_hits += 1
+            return self._memory[key]
+        path = self._path(key)
+        if path.exists():
+            from safetensors.torch import load_file
+
+            stored = load_file(str(path), device=str(device))
+            features = [stored[str(i)] for i in range(len(stored))]
+            self.stats.disk_hits += 1
+            self._remember(key, features)
+            return features
+        self.stats.misses += 1
+        return None
+
+    def put(self, key: str, features: list[torch.Tensor]) -> None:
+        if self.persistent:
+            self._write(key, features)
+        self._remember(key, features)
+
+    def _remember(self, key: str, features: list[torch.Tensor]) -> None:
+        self._memory[key] = features
+        self._used += _nbytes(features)
+        while self._used > self.memory_bytes and len(self._memory) > 1:
+            old_key, old = self._memory.popitem(last=False)
+            self._used -= _nbytes(old)
+            if not self._path(old_key).exists():
+                self._write(old_key, old)
+
+    def _write(self, key: str, features: list[torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        partial = path.with_suffix(".partial")
+        save_file({str(i): f.detach().contiguous().cpu() for i, f in enumerate(features)}, str(partial))
+        partial.replace(path)  # never leave a half-written file under a valid key
+
+    @property
+    def memory_used(self) -> int:
+        return self._used
+
+    def clear_memory(self) -> None:
+        """Drop the in-memory part, spilling it to disk first (for a memory-pressure handler)."""
+        for key, features in self._memory.items():
+            if not self._path(key).exists():
+                self._write(key, features)
+        self._memory.clear()
+        self._used = 0
+
+    def close(self) -> None:
+        self._memory.clear()
+        self._used = 0
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _nbytes(features: list[torch.Tensor]) -> int:
+    return sum(f.numel() * f.element_size() for f in features)

@@ -1,0 +1,132 @@
+"""A lazy view of an array as a sequence of model-ready frames.
+
+Frames are read, windowed, resized and normalised one at a time: no JPEG round trip, no
+temporary files, and never the whole preprocessed volume in memory (stock sam2 keeps every
+frame as a float32 tensor, 12 MiB each at 1024 px).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_samed2.errors import VolumeError
+from napari_samed2.io.intensity import IntensityWindow
+from napari_samed2.models.registry import Preprocessing
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Normaliser = Callable[[np.ndarray], np.ndarray]
+"""Maps a raw frame to float32 in [0, 1]; the same mapping for every frame of a volume."""
+
+
+class Volume:
+    """Frames of ``data`` along ``axis``: a ``(Z, Y, X)`` volume, a ``(T, Y, X[, 3])`` video,
+    or any N-D array with the extra axes held at ``fixed`` indices.
+
+    ``normalise`` defaults to a percentile window (0.5-99.5 %) over the whole volume, or
+    ``/255`` for 8-bit RGB; pass an :class:`IntensityWindow` (CT presets) to choose.
+    """
+
+    def __init__(
+        self,
+        data,
+        axis: int = 0,
+        *,
+        rgb: bool | None = None,
+        fixed: Mapping[int, int] | None = None,
+        normalise: Normaliser | None = None,
+    ):
+        if not hasattr(data, "shape") or not hasattr(data, "__getitem__"):
+            data = np.asarray(data)
+        self.data = data
+        shape = tuple(int(s) for s in data.shape)
+        self.rgb = bool(rgb) if rgb is not None else (len(shape) >= 3 and shape[-1] in (3, 4))
+        spatial_ndim = len(shape) - (1 if self.rgb else 0)
+        if spatial_ndim < 3:
+            raise VolumeError(
+                f"need at least 3 dimensions (slices or frames, then height and width), got shape "
+                f"{shape}. For a single 2D image add an axis: data[None]."
+            )
+        self.axis = axis % spatial_ndim
+        self.fixed = {k % spatial_ndim: int(v) for k, v in (fixed or {}).items()}
+        plane = [d for d in range(spatial_ndim) if d != self.axis and d not in self.fixed]
+        if len(plane) != 2 or self.axis in self.fixed:
+            raise VolumeError(
+                f"array of shape {shape} sliced along axis {axis} leaves {len(plane)} axes, not "
+                f"height and width. Hold the extra axes at an index: fixed={{axis: index}}, e.g. "
+                f"Volume(data, axis=1, fixed={{0: 0}}) for a (T, Z, Y, X) array."
+            )
+        for dim, index in self.fixed.items():
+            if not 0 <= index < shape[dim]:
+                raise VolumeError(f"fixed index {index} is outside axis {dim} of length {shape[dim]}")
+        self.plane_axes = tuple(plane)
+        self.shape = shape
+        self._normalise = normalise
+
+    def __len__(self) -> int:
+        return self.shape[self.axis]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.shape[self.plane_axes[0]], self.shape[self.plane_axes[1]]
+
+    def _index(self, frame: int) -> tuple:
+        spatial_ndim = len(self.shape) - (1 if self.rgb else 0)
+        index: list = [slice(None)] * spatial_ndim
+        index[self.axis] = frame
+        for dim, value in self.fixed.items():
+            index[dim] = value
+        return tuple(index)
+
+    def raw_frame(self, frame: int) -> np.ndarray:
+        """The frame as stored: ``(H, W)`` or ``(H, W, 3)``, in the array's own dtype."""
+        if not 0 <= frame < len(self):
+            raise IndexError(f"frame {frame} is outside the volume's {len(self)} frames")
+        raw = np.asarray(self.data[self._index(frame)])
+        return raw[..., :3] if self.rgb else raw
+
+    @property
+    def normalise(self) -> Normaliser:
+        if self._normalise is None:
+            if self.rgb and np.dtype(self.data.dtype) == np.uint8:
+                self._normalise = IntensityWindow(0.0, 255.0)
+            else:
+                sub = self.data[tuple(self.fixed.get(d, slice(None)) for d in range(len(self.shape) - self.rgb))]
+                self._normalise = IntensityWindow.from_percentiles(sub)
+        return self._normalise
+
+    def unit_frame(self, frame: int) -> np.ndarray:
+        """The frame mapped to float32 [0, 1] by the volume's window."""
+        return self.normalise(self.raw_frame(frame))
+
+    def model_input(self, frame: int, image_size: int, preprocessing: Preprocessing) -> torch.Tensor:
+        """A ``[3, S, S]`` float32 tensor as the model expects it (aspect ratio not kept, as sam2)."""
+        unit = torch.from_numpy(np.ascontiguousarray(self.unit_frame(frame)))
+        image = unit.permute(2, 0, 1) if self.rgb else unit[None].expand(3, -1, -1)
+        image = F.interpolate(
+            image[None].float(), size=(image_size, image_size), mode="bilinear",
+            align_corners=False, antialias=True,
+        )[0]
+        if preprocessing is Preprocessing.IMAGENET:
+            mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+            std = torch.tensor(IMAGENET_STD)[:, None, None]
+            image = (image - mean) / std
+        return image
+
+    def frame_key(self, frame: int) -> str:
+        """A digest of the frame's content and of how it is normalised: the embedding cache key."""
+        raw = np.ascontiguousarray(self.raw_frame(frame))
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{raw.shape}{raw.dtype}{self.normalise!r}".encode())
+        digest.update(raw.data)
+        return digest.hexdigest()
+
+
+def as_volume(data, axis: int = 0, **kwargs) -> Volume:
+    return data if isinstance(data, Volume) else Volume(data, axis, **kwargs)
