@@ -1,0 +1,196 @@
+"""Side-by-side benchmark: stock ``SAM2VideoPredictor`` against our engine, in one run.
+
+For each volume length N it runs, in a fresh child process per (implementation, N) so peak
+memory is not shared: one point prompt on frame 0, a forward propagation through the volume,
+then one correction click in the middle and the re-propagation a user would run (stock: its
+full re-run from the first prompt; ours: ``Session.repropagate``). It records seconds per
+frame, peak RSS, RSS growth per frame and the correction time, and writes a Markdown table.
+
+    python benchmarks/bench_engine.py                      # 512 px, N = 16 64 256, CPU
+    python benchmarks/bench_engine.py --frames 16 --size 256 --out /tmp/bench.md   # quick
+
+Random weights (no download here) in the real SAM 2.1 tiny architecture: speed and memory
+depend on the architecture and image size, not on the weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAME_SHAPE = (256, 256)
+
+
+def synthetic_volume(frames: int, seed: int = 0) -> np.ndarray:
+    """A bright ellipse drifting through the frames over a textured, noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: FRAME_SHAPE[0], : FRAME_SHAPE[1]]
+    background = 40 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    out = np.empty((frames, *FRAME_SHAPE), np.float32)
+    for z in range(frames):
+        t = z / max(frames - 1, 1)
+        cy, cx = 100 + 50 * t, 90 + 70 * t
+        ellipse = ((yy - cy) / 40.0) ** 2 + ((xx - cx) / 55.0) ** 2 < 1
+        out[z] = 200 * ellipse + background + rng.normal(0, 15, FRAME_SHAPE)
+    return out
+
+
+def rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str) -> dict:
+    import torch
+
+    from napari_samed2 import load_model
+    from napari_samed2.engine import FramePrompt, Session, Volume
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(checkpoint, device="cpu", image_size=size)
+    volume = Volume(synthetic_volume(frames))
+    _ = volume.normalise  # the window is computed once up front, outside the timings
+    click = np.array([[100.0, 90.0]])
+    correction_frame = frames // 2
+    t_mid = correction_frame / max(frames - 1, 1)
+    correction = np.array([[100 + 50 * t_mid, 90 + 70 * t_mid], [10.0, 10.0]])
+    baseline = rss_bytes()
+    result: dict = {"impl": impl if impl == "stock" else f"ours ({policy})", "frames": frames, "size": size}
+
+    if impl == "stock":
+        import sam2.sam2_video_predictor as stock_module
+
+        sam = model.sam
+        sam.add_all_frames_to_correct_as_cond = True
+
+        def load_frames(**_):  # sam2's own loader keeps every frame as a float32 tensor too
+            images = [volume.model_input(i, size, model.spec.preprocessing) for i in range(frames)]
+            return images, *FRAME_SHAPE
+
+        stock_module.load_video_frames = load_frames
+        start = time.perf_counter()
+        with torch.inference_mode():
+            state = sam.init_state(video_path="<in-memory>")
+            sam.add_new_points_or_box(state, 0, 1, points=click[:, ::-1].copy(), labels=np.array([1]))
+            masks = {f: (m[0, 0] > 0).numpy() for f, _, m in sam.propagate_in_video(state)}
+        result["first_s"] = time.perf_counter() - start
+        result["rss_added_mb"] = (rss_bytes() - baseline) / 2**20
+        start = time.perf_counter()
+        with torch.inference_mode():
+            sam.add_new_points_or_box(
+                state, correction_frame, 1, points=correction[:, ::-1].copy(), labels=np.array([1, 0])
+            )
+            masks.update({f: (m[0, 0] > 0).numpy() for f, _, m in sam.propagate_in_video(state)})
+        result["correction_s"] = time.perf_counter() - start
+    else:
+        session = Session(model, volume, policy=policy)
+        obj = session.add_object()
+        start = time.perf_counter()
+        session.segment_frame(0, obj, FramePrompt(click, [1]))
+        masks = {r.frame: r.objects[obj].mask for r in session.propagate("forward")}
+        result["first_s"] = time.perf_counter() - start
+        result["rss_added_mb"] = (rss_bytes() - baseline) / 2**20
+        start = time.perf_counter()
+        session.segment_frame(correction_frame, obj, FramePrompt(correction, [1, 0]))
+        masks.update({r.frame: r.objects[obj].mask for r in session.repropagate()})
+        result["correction_s"] = time.perf_counter() - start
+        result["frames_encoded"] = session.frames_encoded
+    result["s_per_frame"] = result["first_s"] / frames
+    result["peak_rss_mb"] = peak_rss_bytes() / 2**20
+    result["foreground_fraction"] = float(np.mean([m.mean() for m in masks.values()]))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--policies", nargs="+", default=["stock"], help="memory policies of our engine to run")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+    parser.add_argument("--child", nargs=4, metavar=("IMPL", "FRAMES", "CHECKPOINT", "POLICY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        impl, frames, checkpoint, policy = args.child
+        print(json.dumps(run_child(impl, int(frames), args.size, checkpoint, policy)))
+        return
+
+    from napari_samed2.models.random_weights import save_random_checkpoint
+
+    checkpoint = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_random_tiny_{args.size}.pt"
+    if not checkpoint.exists():
+        save_random_checkpoint(checkpoint, "sam2.1-tiny", image_size=args.size)
+    rows = []
+    for frames in args.frames:
+        for impl, policy in [("stock", "stock"), *[("ours", p) for p in args.policies]]:
+            command = [sys.executable, __file__, "--size", str(args.size), "--child", impl, str(frames), str(checkpoint), policy]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            row = json.loads(output.strip().splitlines()[-1])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    write_report(rows, args)
+
+
+def write_report(rows: list[dict], args) -> None:
+    import torch
+
+    lines = [
+        "# Benchmarks",
+        "",
+        "Stock `SAM2VideoPredictor` (sam2 1.1.0) and our engine, side by side in one run of",
+        f"`python benchmarks/bench_engine.py --frames {' '.join(map(str, args.frames))} --size {args.size}"
+        f" --policies {' '.join(args.policies)}`",
+        f"on {platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores, torch {torch.__version__},"
+        f" SAM 2.1 tiny with random weights at {args.size} px, float32, synthetic {FRAME_SHAPE[0]}x{FRAME_SHAPE[1]}"
+        " volume (an ellipse drifting through the frames).",
+        "",
+        "Scenario: one click on frame 0, forward propagation through all N frames (\"first\"), then a",
+        "correction click (one positive, one negative point) on frame N/2 and the re-propagation the user",
+        "runs next: stock re-runs from its first prompt (`propagate_in_video`), ours runs `Session.repropagate()`",
+        "(only the frames derived from the corrected one). \"RSS added\" is the resident memory the first",
+        "propagation added (the input array excluded); \"growth per frame\" is its slope from the previous N,",
+        "i.e. what each extra frame costs (our embedding cache is bounded, 256 MiB by default, so it does not",
+        "grow with N). Each row is a fresh process.",
+        "",
+        "| implementation | N | s/frame (first) | first total (s) | correction re-run (s) | peak RSS (MiB) | RSS added (MiB) | growth per frame (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        previous = [r for r in rows if r["impl"] == row["impl"] and r["frames"] < row["frames"]]
+        row["growth"] = (
+            (row["rss_added_mb"] - previous[-1]["rss_added_mb"]) / (row["frames"] - previous[-1]["frames"])
+            if previous else row["rss_added_mb"] / row["frames"]
+        )
+        lines.append(
+            f"| {row['impl']} | {row['frames']} | {row['s_per_frame']:.3f} | {row['first_s']:.1f} | "
+            f"{row['correction_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['rss_added_mb']:.0f} | {row['growth']:.3f} |"
+        )
+    lines += ["", "Ratios (stock / ours) per N:", ""]
+    for frames in args.frames:
+        stock = next(r for r in rows if r["frames"] == frames and r["impl"] == "stock")
+        for ours in (r for r in rows if r["frames"] == frames and r["impl"] != "stock"):
+            lines.append(
+                f"- N={frames}, {ours['impl']}: first propagation {stock['first_s'] / ours['first_s']:.2f}x, "
+                f"correction re-run {stock['correction_s'] / ours['correction_s']:.1f}x faster; "
+                f"growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller"
+            )
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
