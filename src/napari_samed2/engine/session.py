@@ -13,9 +13,12 @@ an annotation tool rather than a benchmark loop:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,12 +26,23 @@ import torch
 import torch.nn.functional as F
 
 from napari_samed2.engine.embedding_cache import EmbeddingCache
-from napari_samed2.engine.memory import MemoryEntry, MemoryPolicy, ObjectMemory, make_policy
+from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, memory_tokens
+from napari_samed2.engine.memory import (
+    EntrySource,
+    EntryStatus,
+    MemoryEntry,
+    MemoryPolicy,
+    MemoryView,
+    ObjectMemory,
+    image_descriptor,
+    make_policy,
+)
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
 from napari_samed2.engine.volume import Volume, as_volume
-from napari_samed2.errors import PromptError
+from napari_samed2.errors import PromptError, VolumeError
 from napari_samed2.models.loading import LoadedModel
+from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 
 Direction = Literal["forward", "backward", "both"]
 _LOGIT_CLAMP = 32.0  # sam2 clamps previous logits fed back with new clicks
@@ -42,12 +56,20 @@ class _Features:
     vision_pos_embeds: list[torch.Tensor]
     feat_sizes: list[tuple[int, int]]
 
+    @property
+    def descriptor(self) -> torch.Tensor:
+        top = self.vision_feats[-1]  # (HW, B, C)
+        return image_descriptor(top.permute(1, 2, 0).reshape(top.shape[1], top.shape[2], *self.feat_sizes[-1]))
+
 
 class Session:
     """Objects, prompts, memory and results for one (volume, model) pair.
 
     ``volume`` is a :class:`Volume` or an array (``axis`` and the other :class:`Volume`
-    options apply then). ``policy`` chooses which memories each frame attends to.
+    options apply then). ``policy`` chooses which memories each frame attends to
+    (``"stock"`` or ``"confidence"``, see :mod:`.memory`). With a ``library``, the
+    ``library_k`` best matching confirmed memories of earlier cases join each tracked frame's
+    memory; they are listed with negative frame numbers (``-1 - library index``).
     """
 
     def __init__(
@@ -58,11 +80,16 @@ class Session:
         axis: int = 0,
         policy: str | MemoryPolicy = "stock",
         cache: EmbeddingCache | None = None,
+        library: MemoryLibrary | None = None,
+        library_k: int = 2,
         **volume_options,
     ):
         self.model = model
         self.volume: Volume = as_volume(volume, axis, **volume_options)
         self.policy = make_policy(policy)
+        self.library = library
+        self.library_k = library_k
+        self._paired = has_temporal_adapters(model.sam)
         self.cache = cache if cache is not None else EmbeddingCache()
         self.memories: dict[int, ObjectMemory] = {}
         self.prompts: dict[int, dict[int, FramePrompt]] = {}
@@ -183,24 +210,31 @@ class Session:
             yield from self._run(ids, range(start, first - 1, -1), reverse=True)
 
     def repropagate(self) -> Iterator[FrameResult]:
-        """Recompute exactly the stale frames (those derived from a changed frame)."""
+        """Recompute exactly the stale frames (those derived from a changed frame), each run
+        from the prompted frame it derives from; stopping early leaves the rest stale."""
         for object_id in self.object_ids:
-            for anchor, last, reverse in self._stale_runs(object_id):
+            for first, last, reverse in self._stale_runs(object_id):
                 step = -1 if reverse else 1
-                yield from self._run([object_id], range(anchor, last + step, step), reverse=reverse)
+                yield from self._run([object_id], range(first, last + step, step), reverse=reverse)
 
     def _stale_runs(self, object_id: int) -> list[tuple[int, int, bool]]:
-        """An object's stale frames as ``(prompted anchor, last stale frame, reverse)`` runs."""
-        prompted = set(self.prompts[object_id])
-        stale = self.stale[object_id]
+        """An object's stale frames as ``(first, last, reverse)`` runs of consecutive frames
+        in their tracking direction. A run starts at the frame just before it when that is a
+        prompted frame (as sam2 does when propagating from a prompt), else at its own first
+        frame, whose predecessor's memory is still valid."""
+        memory = self.memories[object_id]
         runs = []
-        for anchor in sorted(prompted):
-            for step, reverse in ((1, False), (-1, True)):
-                f = anchor + step
-                while f in stale and f not in prompted:
-                    f += step
-                if f != anchor + step:
-                    runs.append((anchor, f - step, reverse))
+        for reverse, step in ((False, 1), (True, -1)):
+            frames = sorted((f for f in self.stale[object_id] if memory.tracked.get(f) is reverse), reverse=reverse)
+            groups: list[list[int]] = []
+            for f in frames:
+                if groups and f == groups[-1][-1] + step:
+                    groups[-1].append(f)
+                else:
+                    groups.append([f])
+            for group in groups:
+                anchor = group[0] - step
+                runs.append((anchor if anchor in self.prompts[object_id] else group[0], group[-1], reverse))
         return runs
 
     def _prompted(self, object_ids: Iterable[int] | None) -> list[int]:
@@ -220,9 +254,13 @@ class Session:
                     memory = self.memories[object_id]
                     entry = memory.entries.get(frame)
                     if entry is None or not entry.conditioning:
-                        memory.entries[frame] = self._track(
-                            memory, frame, is_init_cond_frame=False, reverse=reverse, encode_memory=True
-                        )
+                        new = self._track(memory, frame, is_init_cond_frame=False, reverse=reverse, encode_memory=True)
+                        if entry is not None:
+                            new.status = entry.status  # the user's pin or evict outlives a re-run
+                        memory.entries[frame] = new
+                        bound = getattr(self.policy, "bound", None)
+                        if bound is not None:
+                            bound(memory)
                     memory.tracked[frame] = reverse
                     self.stale[object_id].discard(frame)
             yield self.result(frame)
@@ -268,20 +306,23 @@ class Session:
         """One sam2 tracking step for one object, with the policy's choice of memories."""
         sam = self.model.sam
         features = self._features(frame)
-        view = self.policy.view(memory, frame, reverse, sam)
-        current_out, sam_outputs, _, _ = sam._track_step(
-            frame,
-            is_init_cond_frame,
-            features.vision_feats,
-            features.vision_pos_embeds,
-            features.feat_sizes,
-            point_inputs,
-            mask_inputs,
-            view.to_sam2(self._maskmem_pos_enc or []),
-            len(self.volume),
-            reverse,
-            prev_logits,
-        )
+        descriptor = features.descriptor
+        view = self.policy.view(memory, frame, reverse, sam, descriptor)
+        extra = None if is_init_cond_frame else self._retrieve(memory, descriptor, features.feat_sizes[-1])
+        with self._extra_memory(extra):
+            current_out, sam_outputs, _, _ = sam._track_step(
+                frame,
+                is_init_cond_frame,
+                features.vision_feats,
+                features.vision_pos_embeds,
+                features.feat_sizes,
+                point_inputs,
+                mask_inputs,
+                view.to_sam2(self._maskmem_pos_enc or []),
+                len(self.volume),
+                reverse,
+                prev_logits,
+            )
         _, _, ious, low_res, high_res, obj_ptr, object_score = sam_outputs
         sam._encode_memory_in_output(
             features.vision_feats, features.feat_sizes, point_inputs, encode_memory,
@@ -305,7 +346,58 @@ class Session:
             low_res_logits=low_res.float(),
             obj_ptr=obj_ptr,
             maskmem_features=maskmem,
+            descriptor=descriptor,
         )
+
+    def _retrieve(self, memory: ObjectMemory, descriptor: torch.Tensor, feat_size) -> tuple | None:
+        """Library memories for this step: pinned ones plus the best ``library_k`` others."""
+        if self.library is None or not len(self.library) or self._maskmem_pos_enc is None:
+            return None
+        evicted = {i for i, e in memory.library.items() if e.status is EntryStatus.EVICTED}
+        pinned = [i for i, e in memory.library.items() if e.status is EntryStatus.PINNED]
+        ranked = [i for i, _ in self.library.retrieve(descriptor, len(self.library)) if i not in evicted]
+        chosen = pinned + [i for i in ranked if i not in pinned][: self.library_k]
+        if not chosen:
+            return None
+        for index in chosen:
+            if index not in memory.library:
+                memory.library[index] = self._library_row(memory.object_id, index, self.library.entries[index])
+        entries = [self.library.entries[i] for i in chosen]
+        return memory_tokens(entries, feat_size, self._maskmem_pos_enc[-1], self.model.device, torch.float32)
+
+    @staticmethod
+    def _library_row(object_id: int, index: int, entry: LibraryEntry) -> MemoryEntry:
+        return MemoryEntry(
+            object_id=object_id, frame=-1 - index, conditioning=False, reverse=False,
+            predicted_iou=entry.predicted_iou, object_score=float("inf"), low_res_logits=None,
+            obj_ptr=None, maskmem_features=entry.maskmem_features, descriptor=entry.descriptor,
+            source=EntrySource.LIBRARY,
+        )
+
+    @contextlib.contextmanager
+    def _extra_memory(self, extra: tuple | None) -> Iterator[None]:
+        """Put library tokens into sam2's memory attention, before the object pointers.
+
+        A forward pre-hook on ``memory_attention`` adds them for this call only, so the
+        shared model is unchanged for anything else (the stock predictor included).
+        """
+        if extra is None:
+            yield
+            return
+        tokens, positions = extra
+
+        def add_tokens(_module, args, kwargs):
+            memory, memory_pos = kwargs["memory"], kwargs["memory_pos"]
+            split = memory.shape[0] - kwargs.get("num_obj_ptr_tokens", 0)
+            kwargs["memory"] = torch.cat([memory[:split], tokens.to(memory.dtype), memory[split:]])
+            kwargs["memory_pos"] = torch.cat([memory_pos[:split], positions.to(memory_pos.dtype), memory_pos[split:]])
+            return args, kwargs
+
+        handle = self.model.sam.memory_attention.register_forward_pre_hook(add_tokens, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _remember_pos_enc(self, pos_enc: list[torch.Tensor]) -> None:
         # identical for every frame and object: sam2 keeps one copy, so do we
@@ -313,21 +405,224 @@ class Session:
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
 
     def _features(self, frame: int) -> _Features:
-        """The frame's image features: from the cache, or the image encoder once."""
+        """The frame's image features: from the cache, or the image encoder once.
+
+        SAMed-2's temporal adapter mixes pairs of consecutive slices, so its frames are
+        encoded two at a time, (0, 1), (2, 3), ...; a last odd frame is paired with itself.
+        """
         sam = self.model.sam
-        key = f"{self._model_key}-{self.volume.frame_key(frame)}"
+        key = self._cache_key(frame)
         fpn = self.cache.get(key, self.model.device)
         if fpn is None or self._pos_embeds is None:
-            image = self.volume.model_input(frame, self.model.image_size, self.model.spec.preprocessing)
-            backbone = sam.forward_image(image[None].to(self.model.device))
-            fpn = list(backbone["backbone_fpn"])
-            self._pos_embeds = list(backbone["vision_pos_enc"])
-            self.cache.put(key, fpn)
-            self.frames_encoded += 1
+            frames = [frame]
+            if self._paired:
+                first = frame - frame % PAIR
+                frames = [first, min(first + 1, len(self.volume) - 1)]
+            size, preprocessing = self.model.image_size, self.model.spec.preprocessing
+            images = torch.stack([self.volume.model_input(f, size, preprocessing) for f in frames])
+            backbone = sam.forward_image(images.to(self.model.device))
+            self._pos_embeds = [p[:1] for p in backbone["vision_pos_enc"]]
+            for i, f in enumerate(frames):
+                features = [level[i : i + 1].clone() for level in backbone["backbone_fpn"]]
+                self.cache.put(self._cache_key(f), features)
+                if f == frame:
+                    fpn = features
+            self.frames_encoded += len(set(frames))
         _, feats, pos, sizes = sam._prepare_backbone_features(
             {"backbone_fpn": fpn, "vision_pos_enc": self._pos_embeds}
         )
         return _Features(feats, pos, sizes)
+
+    def _cache_key(self, frame: int) -> str:
+        key = f"{self._model_key}-{self.volume.frame_key(frame)}"
+        if self._paired:  # a slice's features depend on its partner's content too
+            partner = min(frame ^ 1, len(self.volume) - 1)
+            key += f"-{self.volume.frame_key(partner)}"
+        return key
+
+    # memory bank ---------------------------------------------------------------------------
+    def memory_entries(self, object_id: int | None = None) -> list[MemoryEntry]:
+        """Every memory entry (session frames, then retrieved library entries), by object."""
+        rows = []
+        for i in self.object_ids if object_id is None else [object_id]:
+            memory = self._memory(i)
+            rows += [memory.entries[f] for f in sorted(memory.entries)]
+            rows += [memory.library[k] for k in sorted(memory.library)]
+        return rows
+
+    def pin(self, object_id: int, frame: int) -> None:
+        """Always attend to this entry for its object, like a prompted frame."""
+        self._set_status(object_id, frame, EntryStatus.PINNED)
+
+    def evict(self, object_id: int, frame: int) -> None:
+        """Never attend to this entry again (its mask stays as the frame's result)."""
+        self._set_status(object_id, frame, EntryStatus.EVICTED)
+
+    def restore(self, object_id: int, frame: int) -> None:
+        """Undo a pin or an evict: the policy decides again."""
+        self._set_status(object_id, frame, EntryStatus.AUTO)
+
+    def _set_status(self, object_id: int, frame: int, status: EntryStatus) -> None:
+        memory = self._memory(object_id)
+        entry = memory.entries.get(frame) if frame >= 0 else memory.library.get(-1 - frame)
+        if entry is None:
+            raise KeyError(f"object {object_id} has no memory entry for frame {frame}; propagate first")
+        if entry.status is status:
+            return
+        if status is EntryStatus.PINNED:
+            if entry.maskmem_features is None:
+                raise ValueError(f"frame {frame} has no stored memory to pin (it was dropped or not propagated yet)")
+            pinned = [e for e in memory.entries.values() if e.status is EntryStatus.PINNED]
+            if len(pinned) >= self.model.sam.num_maskmem - 1:
+                raise ValueError(
+                    f"object {object_id} already has {len(pinned)} pinned frames, as many as SAM-2 has "
+                    "memory slots; restore one before pinning another"
+                )
+        if status is EntryStatus.EVICTED and entry.conditioning:
+            others = [e for e in memory.entries.values() if e.conditioning and e.attendable and e is not entry]
+            if not others:
+                raise ValueError(
+                    f"frame {frame} is the only prompted frame in object {object_id}'s memory and "
+                    "cannot be evicted; change or remove its prompt instead"
+                )
+        entry.status = status
+        if entry.source is EntrySource.LIBRARY:  # library memories guide every tracked frame
+            self.stale[object_id] |= set(memory.tracked) - set(self.prompts[object_id])
+        else:
+            self.stale[object_id] |= self._derived_frames(memory, frame)
+
+    def set_policy(self, policy: str | MemoryPolicy, **options) -> None:
+        """Switch memory policy (e.g. ``"confidence", min_iou=0.7``); every tracked,
+        unprompted frame becomes stale, since its memory may now be chosen differently."""
+        self.policy = make_policy(policy, **options)
+        for object_id, memory in self.memories.items():
+            self.stale[object_id] |= set(memory.tracked) - set(self.prompts[object_id])
+
+    def memory_view(self, object_id: int, frame: int, reverse: bool = False) -> MemoryView:
+        """What the policy would let ``frame`` attend to now (for the inspector and tests)."""
+        with self.model.inference():
+            descriptor = self._features(frame).descriptor
+        return self.policy.view(self._memory(object_id), frame, reverse, self.model.sam, descriptor)
+
+    def add_to_library(
+        self, object_id: int, *, min_confidence: float = 0.8, max_entries: int = 8, label: str = "", case: str = ""
+    ) -> int:
+        """Store this object's most confident, not evicted memories in the library (the
+        user confirms the case is right). Returns how many entries the library kept."""
+        if self.library is None:
+            raise ValueError("this session has no library: pass library=MemoryLibrary() or MemoryLibrary.load(folder)")
+        candidates = sorted(
+            (
+                e for e in self._memory(object_id).entries.values()
+                if e.attendable and e.descriptor is not None and e.confidence >= min_confidence
+            ),
+            key=lambda e: -e.confidence,
+        )[:max_entries]
+        kept = [
+            self.library.add(LibraryEntry(e.maskmem_features, e.descriptor, e.predicted_iou, label, case))
+            for e in candidates
+        ]
+        return sum(kept)
+
+    # saving ----------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write prompts, memory entries (with their status) and tracking state to ``folder``
+        (``session.json`` + ``tensors.safetensors``) so work can resume later on the same
+        volume and model. Prompt results still pending are encoded into memory first."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._commit_pending(self.object_ids)
+        tensors: dict[str, torch.Tensor] = {}
+        objects = {}
+        for object_id, memory in self.memories.items():
+            rows = []
+            for frame, entry in sorted(memory.entries.items()):
+                prefix = f"{object_id}.{frame}"
+                for name in ("maskmem_features", "low_res_logits", "obj_ptr", "descriptor"):
+                    value = getattr(entry, name)
+                    if value is not None:
+                        tensors[f"{prefix}.{name}"] = value.detach().contiguous().cpu()
+                rows.append({
+                    "frame": frame, "conditioning": entry.conditioning, "reverse": entry.reverse,
+                    "predicted_iou": entry.predicted_iou, "object_score": entry.object_score,
+                    "status": entry.status.value,
+                })
+            prompts = {}
+            for frame, prompt in self.prompts[object_id].items():
+                prompts[frame] = {"points": prompt.points.tolist(), "labels": prompt.labels.tolist(), "box": prompt.box}
+                if prompt.mask is not None:
+                    tensors[f"{object_id}.{frame}.prompt_mask"] = torch.from_numpy(prompt.mask.copy())
+            objects[object_id] = {
+                "entries": rows,
+                "prompts": prompts,
+                "tracked": memory.tracked,
+                "stale": sorted(self.stale[object_id]),
+                "library_status": {i: e.status.value for i, e in memory.library.items()},
+            }
+        if self._maskmem_pos_enc is not None:
+            tensors["maskmem_pos_enc"] = self._maskmem_pos_enc[-1].contiguous().cpu()
+        save_file(tensors, str(folder / "tensors.safetensors"))
+        state = {
+            "model": self.model.signature,
+            "volume_shape": list(self.volume.shape),
+            "frame_keys": [self.volume.frame_key(f) for f in range(len(self.volume))],
+            "policy": self.policy.name,
+            "policy_options": {k: v for k, v in vars(self.policy).items() if k != "name"},
+            "objects": objects,
+        }
+        (folder / "session.json").write_text(json.dumps(state))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model: LoadedModel, volume, **options) -> Session:
+        """A session saved with :meth:`save`, on the same volume (checked frame by frame)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        state = json.loads((folder / "session.json").read_text())
+        tensors = load_file(str(folder / "tensors.safetensors"))
+        session = cls(model, volume, **options)
+        keys = [session.volume.frame_key(f) for f in range(len(session.volume))]
+        if keys != state["frame_keys"]:
+            raise VolumeError(
+                f"{folder} was saved for a different volume (shape {tuple(state['volume_shape'])}); "
+                "open the image it was made on"
+            )
+        if state["model"] != model.signature:
+            raise ValueError(f"{folder} was saved with another model or settings; load that model first")
+        if "maskmem_pos_enc" in tensors:
+            session._maskmem_pos_enc = [tensors["maskmem_pos_enc"].to(model.device)]
+        for key, saved in state["objects"].items():
+            object_id = session.add_object(int(key))
+            memory = session.memories[object_id]
+            for row in saved["entries"]:
+                prefix = f"{object_id}.{row['frame']}"
+                memory.entries[row["frame"]] = MemoryEntry(
+                    object_id=object_id, frame=row["frame"], conditioning=row["conditioning"],
+                    reverse=row["reverse"], predicted_iou=row["predicted_iou"], object_score=row["object_score"],
+                    status=EntryStatus(row["status"]),
+                    **{
+                        name: tensors[f"{prefix}.{name}"].to(model.device) if f"{prefix}.{name}" in tensors else None
+                        for name in ("maskmem_features", "low_res_logits", "obj_ptr", "descriptor")
+                    },
+                )
+            for frame, prompt in saved["prompts"].items():
+                mask = tensors.get(f"{object_id}.{frame}.prompt_mask")
+                session.prompts[object_id][int(frame)] = FramePrompt(
+                    prompt["points"], prompt["labels"], box=tuple(prompt["box"]) if prompt["box"] else None,
+                    mask=None if mask is None else mask.numpy(),
+                )
+            memory.tracked = {int(f): r for f, r in saved["tracked"].items()}
+            session.stale[object_id] = set(saved["stale"])
+            for index, status in saved["library_status"].items():
+                if session.library is not None and int(index) < len(session.library):
+                    row = session._library_row(object_id, int(index), session.library.entries[int(index)])
+                    row.status = EntryStatus(status)
+                    memory.library[int(index)] = row
+        session.policy = make_policy(state["policy"], **state["policy_options"])
+        return session
 
     # results -----------------------------------------------------------------------------
     def result(self, frame: int) -> FrameResult:
