@@ -22,13 +22,36 @@ def random_state_dict(architecture: str = "sam2.1-tiny", image_size: int = 256, 
     included, actually influences the output in tests.
     """
     torch.manual_seed(seed)
-    sam = build_model(get_spec(architecture), image_size, device="cpu")
+    spec = get_spec(architecture)
+    sam = build_model(spec, image_size, device="cpu")
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, value in sam.state_dict().items():
             if value.is_floating_point() and not value.any() and "running" not in name:
                 value.copy_(torch.randn(value.shape, generator=generator) * 0.02)
-    return {k: v.clone() for k, v in sam.state_dict().items()}
+    state = {k: v.clone() for k, v in sam.state_dict().items()}
+    if spec.temporal_adapter:
+        state.update(_fancy_fusion_keys(sam, generator))
+    return state
+
+
+def _fancy_fusion_keys(sam, generator) -> dict:
+    """The release's checkpoints also carry a cross-attention "fancy_fusion" block per Hiera
+    block that its forward never uses; a SAMed-2-shaped checkpoint has them too."""
+    keys = {}
+    for i, block in enumerate(sam.image_encoder.trunk.blocks):
+        dim = block.dim_out
+        prefix = f"image_encoder.trunk.blocks.{i}.fancy_fusion."
+        for name, shape in {
+            "cross_attn.in_proj_weight": (3 * dim, dim),
+            "cross_attn.in_proj_bias": (3 * dim,),
+            "cross_attn.out_proj.weight": (dim, dim),
+            "cross_attn.out_proj.bias": (dim,),
+            "norm.weight": (dim,),
+            "norm.bias": (dim,),
+        }.items():
+            keys[prefix + name] = torch.randn(shape, generator=generator) * 0.02
+    return keys
 
 
 def save_random_checkpoint(
