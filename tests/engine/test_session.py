@@ -190,3 +190,44 @@ def test_labels_volume_has_object_ids(tiny_model, array):
     assert labels.shape == array.shape and labels.dtype == np.uint16
     assert set(np.unique(labels[0])) <= {0, a, b} and (labels[0] == b).any()
     assert not labels[1:].any()  # nothing propagated yet
+
+
+def test_clearing_a_prompt_turns_the_frame_back_into_a_tracked_one(tiny_model, array):
+    session = Session(tiny_model, array)
+    obj = session.add_object()
+    session.segment_frame(0, obj, click(30, 26))
+    list(session.propagate("forward"))
+    session.segment_frame(5, obj, click(30, 36))
+    list(session.repropagate())
+    session.clear_prompt(5, obj)
+    assert 5 not in session.prompts[obj] and not session.memories[obj].entries[5].conditioning
+    assert session.stale[obj] == set(range(5, FRAMES))
+    assert [r.frame for r in session.repropagate()] == list(range(5, FRAMES))
+    with pytest.raises(ValueError, match="only prompt"):
+        session.clear_prompt(0, obj)
+    with pytest.raises(KeyError, match="no prompt on frame 3"):
+        session.clear_prompt(3, obj)
+
+
+def test_a_click_during_propagation_lands_between_frames(tiny_model, array):
+    import threading
+
+    session = Session(tiny_model, array)
+    obj = session.add_object()
+    session.segment_frame(0, obj, click(30, 26))
+    frames = session.propagate("forward")
+    next(frames)
+    clicked = threading.Event()
+
+    def click_later():
+        session.segment_frame(8, session.add_object(), click(30, 40))
+        clicked.set()
+
+    worker = threading.Thread(target=click_later)
+    with session.lock:  # hold the lock as a frame step would; the click must wait
+        worker.start()
+        assert not clicked.wait(0.3)
+    assert clicked.wait(30)
+    worker.join()
+    assert len(list(frames)) == FRAMES - 1
+    assert len(session.object_ids) == 2

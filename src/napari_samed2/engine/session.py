@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,9 @@ class Session:
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
         self._model_key = model.signature
         self.frames_encoded = 0  # image-encoder runs, for tests and benchmarks
+        # The GUI propagates in a worker thread while the user may click: every change of
+        # state holds this lock, for one frame at a time, so clicks land between frames.
+        self.lock = threading.RLock()
 
     # objects -----------------------------------------------------------------------------
     @property
@@ -137,6 +141,10 @@ class Session:
         are used as context (sam2's correction clicks), and the frames that derived from it
         become stale until :meth:`repropagate`.
         """
+        with self.lock:
+            return self._segment_frame(frame, object_id, prompt)
+
+    def _segment_frame(self, frame: int, object_id: int, prompt: FramePrompt) -> FrameResult:
         memory = self._memory(object_id)
         self._check_frame(frame)
         prompt.validate(self.volume.frame_shape)
@@ -164,6 +172,29 @@ class Session:
         self.stale[object_id] |= self._derived_frames(memory, frame)
         self.stale[object_id].discard(frame)
         return self.result(frame)
+
+    def clear_prompt(self, frame: int, object_id: int) -> None:
+        """Remove the object's prompt on ``frame``. A frame that was propagated keeps its
+        mask but becomes an ordinary tracked frame, stale with what derived from it; the
+        last prompt of an object cannot be removed (remove the object instead)."""
+        with self.lock:
+            memory = self._memory(object_id)
+            prompts = self.prompts[object_id]
+            if frame not in prompts:
+                raise KeyError(f"object {object_id} has no prompt on frame {frame}")
+            if len(prompts) == 1:
+                raise ValueError(
+                    f"frame {frame} holds object {object_id}'s only prompt: every mask of the object "
+                    "derives from it. Remove the object instead, or add another prompt first."
+                )
+            del prompts[frame]
+            memory.pending.pop(frame, None)
+            entry = memory.entries.get(frame)
+            if frame not in memory.tracked:
+                memory.entries.pop(frame, None)
+            elif entry is not None:
+                entry.conditioning = False
+                self.stale[object_id] |= {frame} | self._derived_frames(memory, frame)
 
     def _derived_frames(self, memory: ObjectMemory, frame: int) -> set[int]:
         """Tracked frames whose memory chain runs through ``frame``: up to the next
@@ -196,6 +227,8 @@ class Session:
         first, last = limits if limits is not None else (0, len(self.volume) - 1)
         self._check_frame(first)
         self._check_frame(last)
+        if first > last:
+            raise ValueError(f"limits must be (first, last) with first <= last, got {limits}")
         if start is None:
             starts = [f for i in ids for f in self.prompts[i] if first <= f <= last]
             if not starts:
@@ -247,9 +280,10 @@ class Session:
         return prompted
 
     def _run(self, object_ids: list[int], order: range, reverse: bool) -> Iterator[FrameResult]:
-        self._commit_pending(object_ids)
+        with self.lock:
+            self._commit_pending(object_ids)
         for frame in order:
-            with self.model.inference():
+            with self.lock, self.model.inference():
                 for object_id in object_ids:
                     memory = self.memories[object_id]
                     entry = memory.entries.get(frame)
@@ -263,7 +297,8 @@ class Session:
                             bound(memory)
                     memory.tracked[frame] = reverse
                     self.stale[object_id].discard(frame)
-            yield self.result(frame)
+                result = self.result(frame)
+            yield result
 
     def _commit_pending(self, object_ids: list[int]) -> None:
         """Encode the memory of prompted frames, as sam2 does when propagation starts."""
@@ -463,6 +498,10 @@ class Session:
         self._set_status(object_id, frame, EntryStatus.AUTO)
 
     def _set_status(self, object_id: int, frame: int, status: EntryStatus) -> None:
+        with self.lock:
+            self._apply_status(object_id, frame, status)
+
+    def _apply_status(self, object_id: int, frame: int, status: EntryStatus) -> None:
         memory = self._memory(object_id)
         entry = memory.entries.get(frame) if frame >= 0 else memory.library.get(-1 - frame)
         if entry is None:
