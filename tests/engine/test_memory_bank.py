@@ -13,24 +13,13 @@ from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, retrieval_
 from napari_samed2.engine.memory import ConfidencePolicy, EntrySource, EntryStatus, confidence_of
 from napari_samed2.errors import CheckpointError, VolumeError
 
-FRAMES, HEIGHT, WIDTH = 12, 64, 80
-
-
-@pytest.fixture(scope="module")
-def array():
-    rng = np.random.default_rng(5)
-    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
-    frames = [
-        200.0 * ((((yy - 32) / 13.0) ** 2 + ((xx - 22 - 2 * z) / 15.0) ** 2) < 1) + rng.normal(0, 20, (HEIGHT, WIDTH))
-        for z in range(FRAMES)
-    ]
-    return np.stack(frames).astype(np.float32)
+from tests.engine.conftest import FRAMES
 
 
 def tracked_session(model, array, **options) -> tuple[Session, int]:
     session = Session(model, array, **options)
     obj = session.add_object()
-    session.segment_frame(0, obj, FramePrompt(np.array([[32.0, 22.0]]), [1]))
+    session.segment_frame(0, obj, FramePrompt(np.array([[30.0, 26.0]]), [1]))
     list(session.propagate("forward"))
     return session, obj
 

@@ -9,18 +9,7 @@ import torch
 from napari_samed2.engine import EmbeddingCache, FramePrompt, Session, Volume
 from napari_samed2.errors import PromptError
 
-FRAMES, HEIGHT, WIDTH = 12, 64, 80
-
-
-@pytest.fixture(scope="module")
-def array():
-    rng = np.random.default_rng(3)
-    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
-    frames = [
-        200.0 * ((((yy - 30) / 12.0) ** 2 + ((xx - 25 - 2 * z) / 15.0) ** 2) < 1) + rng.normal(0, 20, (HEIGHT, WIDTH))
-        for z in range(FRAMES)
-    ]
-    return np.stack(frames).astype(np.float32)
+from tests.engine.conftest import FRAMES, HEIGHT, WIDTH
 
 
 def click(row=30.0, col=30.0, positive=True):
