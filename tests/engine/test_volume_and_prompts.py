@@ -62,3 +62,19 @@ def test_clicks_helper_and_validation():
         FramePrompt(np.array([[1.0, 1.0]]), [2]).validate((10, 10))
     with pytest.raises(PromptError, match="cannot be combined"):
         FramePrompt(np.array([[1.0, 1.0]]), [1], mask=np.ones((10, 10))).validate((10, 10))
+
+
+def test_dask_volume_is_read_one_frame_at_a_time():
+    da = pytest.importorskip("dask.array")
+    reads = []
+
+    def load_block(block, block_info=None):
+        reads.append(block_info[None]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(np.random.default_rng(0).normal(size=(6, 32, 32)).astype(np.float32), chunks=(1, 32, 32))
+    lazy = lazy.map_blocks(load_block, dtype=np.float32)
+    volume = Volume(lazy, normalise=IntensityWindow(-3.0, 3.0))
+    reads.clear()
+    volume.model_input(4, 64, Preprocessing.IMAGENET)
+    assert reads == [4]
