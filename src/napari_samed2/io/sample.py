@@ -39,12 +39,12 @@ def synthetic_volume(
     # Normalised coordinates in [-1, 1] per axis.
     axes = (np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape)
     z, y, x = np.meshgrid(*axes, indexing="ij", sparse=True)
-    jitter = rng.uniform(-0.05, 0.05, size=6)
+    jitter = rng.uniform(-0.05, 0.05, size=(2, 3))
 
     body = np.broadcast_to((y / 0.85) ** 2 + (x / 0.9) ** 2 <= 1.0, shape)
     labels = np.zeros(shape, dtype=np.uint8)
-    labels[_ellipsoid(z, y, x, (jitter[0], -0.2 + jitter[1], -0.35 + jitter[2]), (0.45, 0.35, 0.3))] = ORGAN_1
-    labels[_ellipsoid(z, y, x, (-0.1 + jitter[3], 0.3 + jitter[4], 0.35 + jitter[5]), (0.35, 0.25, 0.25))] = ORGAN_2
+    labels[_ellipsoid(z, y, x, (0.0, -0.2, -0.35) + jitter[0], (0.45, 0.35, 0.3))] = ORGAN_1
+    labels[_ellipsoid(z, y, x, (-0.1, 0.3, 0.35) + jitter[1], (0.35, 0.25, 0.25))] = ORGAN_2
     # The tube's centre moves across the plane from slice to slice, from z = -0.8 to z = 0.8.
     centre_y, centre_x = 0.45 * z, 0.1 - 0.1 * z
     tube = ((y - centre_y) ** 2 + (x - centre_x) ** 2 <= 0.06**2) & (np.abs(z) <= 0.8)

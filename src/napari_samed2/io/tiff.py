@@ -30,7 +30,9 @@ from napari_samed2.io.arrays import LAZY_BYTES, LayerData, as_label_array, looks
 METADATA_KEY = "tiff"
 _AXES = "TZYX"
 # Spellings of length units in TIFF metadata -> OME-XML unit symbols.
-_UNITS = {"mm": "mm", "µm": "µm", "um": "µm", "micron": "µm", "\\u00B5m": "µm", "nm": "nm", "cm": "cm", "m": "m"}
+_UNITS = {
+    "mm": "mm", "µm": "µm", "um": "µm", "micron": "µm", "\\u00B5m": "µm", "nm": "nm", "cm": "cm", "m": "m"
+}
 LENGTH_UNITS = frozenset(_UNITS.values())
 _READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, EOFError)
 
@@ -89,7 +91,9 @@ def write_tiff_labels(
         raise ImageFileError(f"cannot save {path.name} as TIFF: name the file *.tif, *.tiff or *.ome.tif")
     values = as_label_array(labels)
     if not 2 <= values.ndim <= 4:
-        raise ImageFileError(f"labels of shape {values.shape} cannot be saved as TIFF: 2 to 4 axes ([T][Z]YX) are supported")
+        raise ImageFileError(
+            f"labels of shape {values.shape} cannot be saved as TIFF: 2 to 4 axes ([T][Z]YX) are supported"
+        )
     axes = _AXES[-values.ndim :]
     metadata: dict[str, Any] = {"axes": axes}
     if scale is not None:
@@ -99,7 +103,9 @@ def write_tiff_labels(
                 if unit is not None:
                     metadata[f"PhysicalSize{axis}Unit"] = unit
     with replacing(path, overwrite=overwrite) as partial:
-        tifffile.imwrite(partial, values, ome=True, compression="zlib", photometric="minisblack", metadata=metadata)
+        tifffile.imwrite(
+            partial, values, ome=True, compression="zlib", photometric="minisblack", metadata=metadata
+        )
     return path
 
 
@@ -108,7 +114,8 @@ def _voxel_size(tif: tifffile.TiffFile) -> tuple[dict[str, float], str | None]:
     if tif.is_ome and tif.ome_metadata:
         images = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
         pixels = (images[0] if isinstance(images, list) else images)["Pixels"]
-        sizes = {axis: float(pixels[f"PhysicalSize{axis}"]) for axis in "ZYX" if f"PhysicalSize{axis}" in pixels}
+        sizes = {axis: float(pixels[f"PhysicalSize{axis}"]) for axis in "ZYX"
+                 if f"PhysicalSize{axis}" in pixels}
         return sizes, _UNITS.get(pixels.get("PhysicalSizeXUnit", "µm"))
     if tif.is_imagej and tif.imagej_metadata is not None:
         meta = tif.imagej_metadata
