@@ -10,8 +10,9 @@ from pathlib import Path
 
 from napari_samed2.errors import ExistingFileError, ImageFileError
 
+# Longer suffixes before the ones they end with; the first is the default for writing.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
 
 
 def split_suffix(path: str | Path) -> tuple[str, str]:
