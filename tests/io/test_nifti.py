@@ -57,7 +57,7 @@ def one_layer(path):
     return layers[0]
 
 
-def test_display_is_slices_superior_rows_posterior_columns_left_for_every_orientation(tmp_path):
+def test_every_orientation_is_shown_superior_posterior_left_and_written_back(tmp_path):
     """The array equals nibabel's closest-canonical (RAS+) volume transposed to (z, y, x) with
     rows and columns flipped: anterior at the top, the patient's right on the left."""
     data = np.random.default_rng(0).permutation(5 * 6 * 7).reshape(5, 6, 7).astype(np.int16)
@@ -79,6 +79,9 @@ def test_display_is_slices_superior_rows_posterior_columns_left_for_every_orient
         by_value = shown_voxels[np.argsort(shown[tuple(shown_voxels.T)])]
         napari_world = by_value[data[tuple(file_voxels.T)]] * kwargs["scale"] + kwargs["translate"]
         np.testing.assert_allclose(napari_world, world @ RAS_TO_DISPLAY.T, atol=1e-9)
+        # and the writer undoes the reorientation exactly
+        out = write_nifti_labels(tmp_path / f"o{n}_out.nii", shown, metadata=kwargs["metadata"])
+        np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), data)
 
 
 def test_scale_and_translate_follow_the_affine(tmp_path):
@@ -126,6 +129,22 @@ def test_labels_round_trip_to_the_original_grid(tmp_path, affine, image_class):
     assert written.header.get_intent()[0] == "label"
     assert int(written.header["sform_code"]) == int(source.header["sform_code"])
     assert int(written.header["qform_code"]) == int(source.header["qform_code"])
+
+
+def test_qform_only_file_with_header_extensions_round_trips(tmp_path):
+    labels = np.zeros((5, 6, 7), dtype=np.uint8)
+    labels[1:3, 2:4, 3:6] = 1
+    affine = affine_for(np.array([[2, -1], [1, -1], [0, 1]]), origin=(-10.0, 20.0, 5.0))
+    img = nib.Nifti1Image(labels, affine)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"converted by a scanner tool"))
+    img.header.set_sform(None, code=0)
+    img.header.set_qform(affine, code=1)
+    nib.save(img, tmp_path / "qform_label.nii")
+    shown, kwargs, _ = one_layer(tmp_path / "qform_label.nii")
+    written = nib.load(write_nifti_labels(tmp_path / "out.nii", shown, metadata=kwargs["metadata"]))
+    assert (int(written.header["sform_code"]), int(written.header["qform_code"])) == (0, 1)
+    assert np.allclose(written.affine, affine)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), labels)
 
 
 def test_labels_drawn_on_a_scaled_image_land_on_its_voxels(tmp_path):

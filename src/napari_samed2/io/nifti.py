@@ -69,7 +69,7 @@ _READ_ERRORS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NiftiGeometry:
     """A NIfTI file's grid and the flips/transposes that turned it into the displayed array.
 
@@ -141,6 +141,7 @@ class NiftiGeometry:
             data = np.expand_dims(data, self._squeezed_axis)
         if len(self.shape) == 4:
             data = np.moveaxis(data, 0, 3)
+        # ornt_transform(identity, t) is the inverse of t: it maps t's output axes back.
         voxels = _reorient(data, ornt_transform(_IDENTITY_ORNT, self.transform))
         return voxels[..., 0] if len(self.shape) == 2 else voxels
 
