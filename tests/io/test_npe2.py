@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_samed2.io import get_reader
+from napari_samed2.errors import ImageFileError
+from napari_samed2.io import get_reader, read_image
 
 PLUGIN = "napari-samed2"
 
@@ -57,6 +58,16 @@ def test_get_reader_claims_only_nifti_and_tiff(tmp_path):
     assert get_reader(["a.nii.gz", "b.csv"]) is None
     assert get_reader(str(tmp_path)) is None
     assert callable(get_reader("scan.NII.GZ")) and callable(get_reader(["a.nii", "b.ome.tiff"]))
+    assert callable(get_reader(tmp_path / "scan.tif"))
+    with pytest.raises(ImageFileError, match="neither NIfTI nor TIFF.*reads .nii.gz"):
+        read_image(tmp_path / "notes.txt")
+
+
+def test_reader_returns_one_layer_per_file(volume_files):
+    folder, _, _ = volume_files
+    paths = [str(folder / "t1.nii.gz"), str(folder / "t1_seg.nii.gz")]
+    layers = get_reader(paths)(paths)
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
 
 
 def test_npe2_writes_labels_back_on_the_image_grid(volume_files, tmp_path):

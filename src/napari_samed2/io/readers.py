@@ -11,7 +11,8 @@ from napari_samed2.io.arrays import LayerData
 from napari_samed2.io.nifti import read_nifti
 from napari_samed2.io.tiff import read_tiff
 
-ReaderFunction = Callable[[str | list[str]], list[LayerData]]
+PathOrPaths = str | Path | list[str] | list[Path]
+ReaderFunction = Callable[[PathOrPaths], list[LayerData]]
 
 
 def read_image(path: str | Path) -> list[LayerData]:
@@ -27,18 +28,21 @@ def read_image(path: str | Path) -> list[LayerData]:
     )
 
 
-def get_reader(path: str | list[str]) -> ReaderFunction | None:
+def get_reader(path: PathOrPaths) -> ReaderFunction | None:
     """npe2 reader hook: a reader if every path is a NIfTI or TIFF file, else None.
 
     Returning None lets napari try other plugins; errors in a file we claimed are raised
     by the reader as ImageFileError with a message for the user.
     """
-    paths = [path] if isinstance(path, str) else list(path)
+    paths = _as_list(path)
     if not paths or not all(split_suffix(p)[1] for p in paths):
         return None
     return _read_paths
 
 
-def _read_paths(path: str | list[str]) -> list[LayerData]:
-    paths = [path] if isinstance(path, str) else path
-    return [layer for p in paths for layer in read_image(p)]
+def _read_paths(path: PathOrPaths) -> list[LayerData]:
+    return [layer for p in _as_list(path) for layer in read_image(p)]
+
+
+def _as_list(path: PathOrPaths) -> list[str | Path]:
+    return [path] if isinstance(path, str | Path) else list(path)
