@@ -262,6 +262,14 @@ def test_4d_series_shows_time_first_and_round_trips(tmp_path):
     np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), (data > 500).astype(np.uint8))
 
 
+def test_single_time_point_4d_file_is_a_volume(tmp_path):
+    data = np.random.default_rng(6).integers(0, 1000, size=(6, 7, 5, 1)).astype(np.int16)
+    shown, kwargs, _ = one_layer(save(tmp_path / "t1_4d.nii", data, FLIPPED))
+    assert require_volume(shown) == (5, 7, 6) and len(kwargs["scale"]) == 3
+    out = write_nifti_labels(tmp_path / "t1_4d_label.nii", (shown > 500).astype(np.uint8), metadata=kwargs["metadata"])
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), (data > 500).astype(np.uint8))
+
+
 def test_labels_without_a_source_grid_are_placed_by_scale_and_translate(tmp_path):
     labels = np.zeros((4, 5, 6), dtype=np.uint16)
     labels[1:3, 2:4, 1:5] = 300

@@ -75,7 +75,8 @@ class NiftiGeometry:
 
     ``transform`` is a nibabel orientation transform (rows ``[displayed axis, +1 or -1]`` per
     file axis): ``to_display`` applies it, ``from_display`` undoes it exactly. 2D files are
-    handled as one-slice volumes and 4D files as (x, y, z, t) with time shown first.
+    handled as one-slice volumes and 4D files as (x, y, z, t) with time shown first (a single
+    time point, as some converters write, is shown as a 3D volume).
     """
 
     affine: np.ndarray
@@ -120,6 +121,11 @@ class NiftiGeometry:
         return tuple(self.to_display(np.broadcast_to(np.uint8(0), self.shape)).shape)
 
     @property
+    def _has_time(self) -> bool:
+        """A 4D file with more than one volume; ``(x, y, z, 1)`` files are shown as 3D."""
+        return len(self.shape) == 4 and self.shape[3] > 1
+
+    @property
     def _squeezed_axis(self) -> int:
         """Where a 2D file's missing third axis lands among the displayed axes."""
         return int(self.transform[2, 0])
@@ -132,7 +138,8 @@ class NiftiGeometry:
         if len(self.shape) == 2:
             return data[tuple(0 if axis == self._squeezed_axis else slice(None) for axis in range(3))]
         if len(self.shape) == 4:
-            return np.moveaxis(data, 3, 0)
+            data = np.moveaxis(data, 3, 0)
+            return data if self._has_time else data[0]
         return data
 
     def from_display(self, data: Any) -> Any:
@@ -140,7 +147,7 @@ class NiftiGeometry:
         if len(self.shape) == 2:
             data = np.expand_dims(data, self._squeezed_axis)
         if len(self.shape) == 4:
-            data = np.moveaxis(data, 0, 3)
+            data = np.moveaxis(data if self._has_time else data[np.newaxis], 0, 3)
         # ornt_transform(identity, t) is the inverse of t: it maps t's output axes back.
         voxels = _reorient(data, ornt_transform(_IDENTITY_ORNT, self.transform))
         return voxels[..., 0] if len(self.shape) == 2 else voxels
@@ -157,7 +164,7 @@ class NiftiGeometry:
         translate = _RAS_TO_DISPLAY @ affine[:3, 3]
         if len(self.shape) == 2:
             scale, translate = (np.delete(v, self._squeezed_axis) for v in (scale, translate))
-        if len(self.shape) == 4:
+        if self._has_time:
             scale, translate = np.r_[1.0, scale], np.r_[0.0, translate]
         return tuple(float(v) for v in scale), tuple(float(v) for v in translate)
 
@@ -222,8 +229,8 @@ def write_nifti_labels(
     With ``metadata["nifti"]`` from :func:`read_nifti` the file gets the source image's grid:
     voxel order, affine and header (data type, scaling, intent and display range set for
     labels), so other tools overlay it on the original. Without it the grid comes from
-    ``scale``/``translate`` (napari's, in the display frame) and the voxels are stored in RAS+
-    order. The dtype is the smallest of uint8/uint16/int32 that fits. An existing file is
+    ``scale``/``translate`` (napari's, in mm in the display frame) and the voxels are stored in
+    RAS+ order. The dtype is the smallest of uint8/uint16/int32 that fits. An existing file is
     replaced only with ``overwrite=True``.
     """
     path = Path(path)
