@@ -81,9 +81,10 @@ def test_imagej_spacing_and_resolution_become_the_scale(tmp_path, image):
     assert kwargs["metadata"]["unit"] == "µm"
 
 
-def test_tiff_without_voxel_size_has_unit_scale(tmp_path, image):
+@pytest.mark.parametrize("ome", [False, True])
+def test_tiff_without_voxel_size_has_unit_scale_and_no_unit(tmp_path, image, ome):
     path = tmp_path / "plain.tiff"
-    tifffile.imwrite(path, image)
+    tifffile.imwrite(path, image, ome=ome, metadata={"axes": "ZYX"})
     shown, kwargs, _ = one_layer(path)
     assert kwargs["scale"] == (1.0, 1.0, 1.0) and kwargs["metadata"]["unit"] is None
 

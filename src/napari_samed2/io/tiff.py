@@ -116,14 +116,16 @@ def _voxel_size(tif: tifffile.TiffFile) -> tuple[dict[str, float], str | None]:
         pixels = (images[0] if isinstance(images, list) else images)["Pixels"]
         sizes = {axis: float(pixels[f"PhysicalSize{axis}"]) for axis in "ZYX"
                  if f"PhysicalSize{axis}" in pixels}
-        return sizes, _UNITS.get(pixels.get("PhysicalSizeXUnit", "µm"))
+        return sizes, _UNITS.get(pixels.get("PhysicalSizeXUnit", "µm")) if sizes else None
     if tif.is_imagej and tif.imagej_metadata is not None:
         meta = tif.imagej_metadata
+        sizes = {}
         per_unit_x, per_unit_y = tif.pages.first.get_resolution()
-        sizes = {"X": 1.0 / per_unit_x, "Y": 1.0 / per_unit_y}
+        if per_unit_x > 0 and per_unit_y > 0:
+            sizes.update(X=1.0 / per_unit_x, Y=1.0 / per_unit_y)
         if "spacing" in meta:
             sizes["Z"] = float(meta["spacing"])
-        return sizes, _UNITS.get(str(meta.get("unit", "")))
+        return sizes, _UNITS.get(str(meta.get("unit", ""))) if sizes else None
     return {}, None
 
 
