@@ -150,14 +150,19 @@ def test_qform_only_file_with_header_extensions_round_trips(tmp_path):
 def test_labels_drawn_on_a_scaled_image_land_on_its_voxels(tmp_path):
     """Labels made in napari over an image (not read from a label file) go back on the image's
     grid; the image's intensity scaling (scl_slope) must not be applied to them."""
-    image_path, _, label = synthetic_pair(tmp_path, oblique_affine(), scl_slope=2.0, scl_inter=-5.0)
+    image_path, _, label = synthetic_pair(
+        tmp_path, oblique_affine(), scl_slope=2.0, scl_inter=-5.0, cal_min=0.0, cal_max=1500.0
+    )
     image, kwargs, kind = one_layer(image_path)
     assert kind == "image"
     assert np.allclose(image.max(), 2.0 * np.asarray(nib.load(image_path).dataobj.get_unscaled()).max() - 5.0)
     drawn = (image > 2.0 * 350 - 5).astype(np.uint8)  # what a user or the model would segment
     out = write_nifti_labels(tmp_path / "drawn.nii", drawn, metadata=kwargs["metadata"])
-    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), (label > 0).astype(np.uint8))
-    assert np.allclose(nib.load(out).affine, nib.load(image_path).affine)
+    written = nib.load(out)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), (label > 0).astype(np.uint8))
+    assert np.allclose(written.affine, nib.load(image_path).affine)
+    assert written.dataobj.slope == 1 and written.dataobj.inter == 0
+    assert written.header["cal_max"] == 0  # the image's display range does not apply to labels
 
 
 @pytest.mark.parametrize("case", ["brain1", "breast1"])

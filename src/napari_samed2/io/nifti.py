@@ -178,8 +178,7 @@ class NiftiGeometry:
             )
         header_class, image_class = _FORMATS[len(self.header)]
         header = header_class(self.header)
-        header.set_data_dtype(labels.dtype)
-        header.set_slope_inter(1.0, 0.0)
+        header.set_data_dtype(labels.dtype)  # nibabel resets the image's scaling on save
         header["cal_min"] = header["cal_max"] = 0
         header.set_intent("label")
         return image_class(self.from_display(labels), self.affine, header)
