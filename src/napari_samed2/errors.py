@@ -29,3 +29,11 @@ class PromptError(SamEd2Error, ValueError):
 
 class VolumeError(SamEd2Error, ValueError):
     """An array that cannot be segmented as given (dimensions, axis, intensities)."""
+
+
+class ImageFileError(SamEd2Error, OSError):
+    """An image or label file that cannot be read or written: truncated, wrong format, too many axes."""
+
+
+class ExistingFileError(ImageFileError, FileExistsError):
+    """A write that would replace a file the caller did not ask to overwrite."""

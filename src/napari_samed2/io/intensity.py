@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_samed2.errors import VolumeError
+from napari_samed2.io.arrays import strided_sample
+
 # (level, width) in Hounsfield units; the usual radiology presets.
 CT_PRESETS: dict[str, tuple[float, float]] = {
     "soft_tissue": (40.0, 400.0),
@@ -19,8 +22,6 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
     "liver": (60.0, 160.0),
 }
-
-_MAX_SAMPLE_VOXELS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -60,45 +61,38 @@ class IntensityWindow:
         """Robust window for MR and microscopy: percentiles of the finite values.
 
         Large (or lazy, dask) volumes are sampled: at most about two million voxels are read.
+        When both percentiles coincide (e.g. a mostly empty image) the window spans the
+        finite minimum to maximum instead, so the few other voxels stay visible.
         """
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
-        sample = _sample(data, seed)
+        sample = strided_sample(data, seed=seed)
         finite = sample[np.isfinite(sample)]
         if finite.size == 0:
-            raise ValueError(
+            raise VolumeError(
                 "the image has no finite intensities (all NaN or inf); check the file or "
                 "the layer's data before segmenting"
             )
         low, high = np.percentile(finite, [lower, upper])
+        if low == high:  # mostly one value (a sparse image): use the full range, not a threshold
+            low, high = finite.min(), finite.max()
         return cls(float(low), float(high))
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """The frame (any shape: a 2D slice, an RGB ``(H, W, 3)`` frame, a volume) in [0, 1]."""
         values = np.asarray(frame, dtype=np.float32)
         span = self.high - self.low
         if span == 0:  # constant image: everything at or above the level is "bright"
             out = (values >= self.high).astype(np.float32)
         else:
             out = (values - np.float32(self.low)) * np.float32(1.0 / span)
-        bad = ~np.isfinite(values)
-        if bad.any():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
             warnings.warn(
-                f"{int(bad.sum())} non-finite voxel(s) (NaN/inf) in a frame were set to the "
-                "window's bounds (NaN to 0)",
+                f"{bad} non-finite voxel(s) in a frame were set to the window's bounds "
+                "(NaN and -inf to 0, +inf to 1)",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            out = np.where(np.isnan(values), 0.0, np.where(values > 0, 1.0, out))
-            out = np.where(np.isneginf(values), 0.0, out).astype(np.float32)
+            np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
         return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _sample(data: np.ndarray, seed: int) -> np.ndarray:
-    """A strided subset of at most ~2M voxels, read without loading a lazy volume whole."""
-    size = int(np.prod(data.shape))
-    if size <= _MAX_SAMPLE_VOXELS:
-        return np.asarray(data, dtype=np.float64).ravel()
-    step = int(np.ceil((size / _MAX_SAMPLE_VOXELS) ** (1 / data.ndim)))
-    start = np.random.default_rng(seed).integers(0, step, size=data.ndim)
-    index = tuple(slice(int(s), None, step) for s in start)
-    return np.asarray(data[index], dtype=np.float64).ravel()
