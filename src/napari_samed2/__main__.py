@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         viewer.open_sample(PLUGIN, "synthetic_mr")
     dock_all_widgets(viewer)
+    viewer.window._qt_window.resize(1500, 950)
     if args.screenshot:
         def capture() -> None:
             viewer.window._qt_window.grab().save(args.screenshot)
