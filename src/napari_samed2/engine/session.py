@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_samed2.engine.embedding_cache import EmbeddingCache
+from napari_samed2.engine.heap import release_freed_memory
 from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, memory_tokens
 from napari_samed2.engine.memory import (
     EntrySource,
@@ -298,6 +299,7 @@ class Session:
                     memory.tracked[frame] = reverse
                     self.stale[object_id].discard(frame)
                 result = self.result(frame)
+            release_freed_memory()
             yield result
 
     def _commit_pending(self, object_ids: list[int]) -> None:
