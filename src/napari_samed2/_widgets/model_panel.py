@@ -114,11 +114,17 @@ class ModelPanel(QWidget):
             self._show_error(str(exc))
             return
         self._set_busy(True, f"Loading {target}...")
-        self._worker = create_worker(load_model, target, **kwargs)
-        self._worker.returned.connect(self._on_loaded)
-        self._worker.errored.connect(lambda exc: self._show_error(str(exc)))
-        self._worker.finished.connect(lambda: self._set_busy(False))
-        self._worker.start()
+        # connecting "errored" at creation stops napari from re-raising the error as a crash
+        self._worker = create_worker(
+            load_model,
+            target,
+            **kwargs,
+            _connect={
+                "returned": self._on_loaded,
+                "errored": lambda exc: self._show_error(str(exc)),
+                "finished": lambda: self._set_busy(False),
+            },
+        )
 
     def unload(self) -> None:
         self.model = None

@@ -47,6 +47,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not code, just bytes that are no checkpoint
+            raise CheckpointError(
+                f"{path.name} is not a readable PyTorch checkpoint (it does not unpickle). "
+                "The file may be truncated or corrupted, or not a checkpoint: download it again."
+            ) from exc
         raise CheckpointError(
             f"{path.name} holds Python objects beyond tensors, which are not loaded for safety "
             f"({str(exc).splitlines()[0]}). Re-save it as a plain state dict: "
