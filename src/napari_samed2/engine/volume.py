@@ -76,7 +76,9 @@ class Volume:
     def frame_shape(self) -> tuple[int, int]:
         return self.shape[self.plane_axes[0]], self.shape[self.plane_axes[1]]
 
-    def _index(self, frame: int) -> tuple:
+    def frame_index(self, frame: int) -> tuple:
+        """Where ``frame`` sits in the array's spatial axes (also indexes a label volume of
+        the same spatial shape)."""
         spatial_ndim = len(self.shape) - (1 if self.rgb else 0)
         index: list = [slice(None)] * spatial_ndim
         index[self.axis] = frame
@@ -88,7 +90,7 @@ class Volume:
         """The frame as stored: ``(H, W)`` or ``(H, W, 3)``, in the array's own dtype."""
         if not 0 <= frame < len(self):
             raise IndexError(f"frame {frame} is outside the volume's {len(self)} frames")
-        raw = np.asarray(self.data[self._index(frame)])
+        raw = np.asarray(self.data[self.frame_index(frame)])
         return raw[..., :3] if self.rgb else raw
 
     @property
