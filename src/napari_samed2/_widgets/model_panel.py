@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samed2._widgets.state import shared_state
 from napari_samed2.models import DEFAULT_MODEL, MODELS, LoadedModel, load_model
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ FROM_FILE = "Checkpoint file..."
 
 
 class ModelPanel(QWidget):
-    """Loads one model at a time and announces it through ``model_changed``."""
+    """Loads one model at a time and announces it through ``model_changed`` and the
+    viewer's shared state (where the segmentation panel picks it up)."""
 
     model_changed = Signal(object)  # LoadedModel | None
 
@@ -40,6 +42,8 @@ class ModelPanel(QWidget):
         self.viewer = napari_viewer
         self.model: LoadedModel | None = None
         self._worker = None
+        self.state = shared_state(napari_viewer)
+        self.model_changed.connect(self.state.set_model)
 
         self.model_choice = QComboBox()
         for name, spec in MODELS.items():

@@ -1,0 +1,78 @@
+"""What the plugin's dock widgets share in one viewer: the loaded model and the current
+segmentation, plus the signals that keep the panels in step.
+
+The model panel, the segmentation panel and the memory bank inspector are separate dock
+widgets (napari creates each on its own); they find each other through ``shared_state(viewer)``,
+one object per viewer, as micro-sam's annotator state does.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import QObject, Signal
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_samed2.engine import Session
+    from napari_samed2.models import LoadedModel
+
+
+class AnnotatorState(QObject):
+    """The model, the session and which layer/axis it segments, for one viewer.
+
+    Signals: ``model_changed(model or None)``; ``session_changed(session or None)`` when a new
+    segmentation starts; ``memory_changed()`` after frames were segmented or memory entries
+    changed (pin, evict, policy); ``repropagate_requested()`` asks the segmentation panel to
+    recompute stale frames (it owns the worker, the progress bar and Cancel).
+    """
+
+    model_changed = Signal(object)
+    session_changed = Signal(object)
+    memory_changed = Signal()
+    repropagate_requested = Signal()
+
+    def __init__(self, viewer: napari.Viewer | None = None):
+        super().__init__()
+        self._viewer = weakref.ref(viewer) if viewer is not None else None
+        self.model: LoadedModel | None = None
+        self.session: Session | None = None
+        self.image_layer = None  # the napari Image layer the session segments
+        self.axis: int = 0  # the slicing axis, in the image layer's data dimensions
+
+    @property
+    def viewer(self) -> napari.Viewer | None:
+        return self._viewer() if self._viewer is not None else None
+
+    def set_model(self, model: LoadedModel | None) -> None:
+        if model is not self.model:
+            self.model = model
+            self.model_changed.emit(model)
+
+    def set_session(self, session: Session | None, image_layer=None, axis: int = 0) -> None:
+        self.session, self.image_layer, self.axis = session, image_layer, axis
+        self.session_changed.emit(session)
+
+    def go_to_frame(self, frame: int) -> None:
+        """Show ``frame`` (a slice index along the session's axis) in the viewer."""
+        viewer, layer = self.viewer, self.image_layer
+        if viewer is None or layer is None:
+            return
+        world = layer.data_to_world([frame if d == self.axis else 0 for d in range(layer.ndim)])
+        world_axis = viewer.dims.ndim - layer.ndim + self.axis
+        viewer.dims.set_point(world_axis, world[self.axis])
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_state(viewer: napari.Viewer | None) -> AnnotatorState:
+    """The one :class:`AnnotatorState` of ``viewer`` (a new private one without a viewer)."""
+    if viewer is None:
+        return AnnotatorState()
+    state = _STATES.get(viewer)
+    if state is None:
+        state = _STATES[viewer] = AnnotatorState(viewer)
+    return state
