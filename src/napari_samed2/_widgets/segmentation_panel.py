@@ -1,0 +1,614 @@
+"""Segmentation panel: prompts from napari layers, live single-slice results, propagation.
+
+The panel only translates: layers and clicks become :class:`~napari_samed2.engine.Session`
+calls (through :mod:`.coordinates`), results go into the output Labels layer through a
+:class:`~napari_samed2.engine.labels.LabelVolume` (undo/redo, hand-painted slices protected).
+Everything that takes model time runs in a napari worker, one job at a time, so the viewer
+stays responsive; Cancel stops after the current slice and keeps what was done.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_samed2._widgets.coordinates import mask_from_labels, prompts_from_layers
+from napari_samed2._widgets.state import shared_state
+from napari_samed2.engine import FramePrompt, FrameResult, Session, Volume
+from napari_samed2.engine.labels import LabelVolume
+from napari_samed2.errors import SamEd2Error
+
+if TYPE_CHECKING:
+    import napari
+
+POSITIVE_COLOR, NEGATIVE_COLOR = "lime", "red"
+_USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What a worker hands the GUI thread: a slice's result (and objects whose label must be
+    cleared there when they have no result), or a note for the status line."""
+
+    result: FrameResult | None = None
+    cleared: tuple[int, ...] = ()
+    note: str = ""
+
+
+def _same_prompt(a: FramePrompt | None, b: FramePrompt | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (
+        np.array_equal(a.points, b.points) and np.array_equal(a.labels, b.labels) and a.box == b.box
+        and (a.mask is None) == (b.mask is None) and (a.mask is None or np.array_equal(a.mask, b.mask))
+    )
+
+
+class SegmentationPanel(QWidget):
+    """Prompt, segment and propagate one image layer; see the module docstring."""
+
+    work_finished = Signal(str)  # the status message shown when a job ends (tests wait on it)
+
+    def __init__(self, napari_viewer: napari.Viewer | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = shared_state(napari_viewer)
+        self.session: Session | None = None
+        self.labels: LabelVolume | None = None
+        self.output_layer = self.points_layer = self.shapes_layer = None
+        self._layer_prompts: dict[tuple[int, int], FramePrompt] = {}  # as last applied from the layers
+        self._skipped_edited: set[int] = set()
+        self._jobs: deque = deque()
+        self._worker = None
+        self._muted = False  # while the panel itself edits prompt layers
+
+        self.image_choice = ComboBox(choices=self._image_layers, nullable=False)
+        self.axis_choice = QSpinBox()
+        self.start_button = QPushButton("New segmentation")
+        self.start_button.setToolTip("Create the prompt and output layers for this image and start with object 1")
+        self.start_button.clicked.connect(self.start)
+
+        self.object_choice = QComboBox()
+        self.object_choice.currentIndexChanged.connect(self._object_selected)
+        self.add_object_button = QPushButton("Add object")
+        self.add_object_button.clicked.connect(lambda: self.add_object())
+        self.delete_object_button = QPushButton("Delete object")
+        self.delete_object_button.clicked.connect(lambda: self.delete_object())
+
+        self.polarity_button = QPushButton()
+        self.polarity_button.setCheckable(True)
+        self.polarity_button.setToolTip("Press T in the prompt layer to switch between positive and negative clicks")
+        self.polarity_button.toggled.connect(self._polarity_changed)
+        self.live_mode = QCheckBox("Live: segment the slice on each click")
+        self.live_mode.setChecked(True)
+        self.mask_choice = ComboBox(choices=self._labels_layers, nullable=False)
+        self.use_mask_button = QPushButton("Use mask on this slice")
+        self.use_mask_button.setToolTip(
+            "Take the selected object's pixels on the current slice of this Labels layer (e.g. the "
+            "output layer after painting a correction) as the object's mask prompt there"
+        )
+        self.use_mask_button.clicked.connect(lambda: self.use_mask())
+
+        self.direction_choice = QComboBox()
+        self.direction_choice.addItems(["both", "forward", "backward"])
+        self.limit_range = QCheckBox("Only slices")
+        self.first_slice, self.last_slice = QSpinBox(), QSpinBox()
+        self.propagate_button = QPushButton("Propagate")
+        self.propagate_button.clicked.connect(lambda: self.propagate())
+        self.repropagate_button = QPushButton("Re-propagate stale slices")
+        self.repropagate_button.clicked.connect(lambda: self.repropagate())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m slices")
+
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.clicked.connect(self.undo)
+        self.redo_button = QPushButton("Redo")
+        self.redo_button.clicked.connect(self.redo)
+        self.overwrite_button = QPushButton()
+        self.overwrite_button.clicked.connect(self.overwrite_edited)
+        self.status = QLabel("Load a model in the Model panel, choose the image, then press New segmentation.")
+        self.status.setWordWrap(True)
+
+        self._lay_out()
+        if napari_viewer is not None:
+            for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+                event.connect(self._layers_changed)
+            napari_viewer.layers.events.removed.connect(self._layer_removed)
+        self.image_choice.changed.connect(self._image_changed)
+        self.state.model_changed.connect(lambda _model: self._update_buttons())
+        self.state.repropagate_requested.connect(lambda: self.repropagate())
+        self._image_changed()
+        self._polarity_changed(False)
+        self._update_buttons()
+
+    def _lay_out(self) -> None:
+        image_box = QGroupBox("Image")
+        form = QFormLayout(image_box)
+        form.addRow("Layer", self.image_choice.native)
+        form.addRow("Slicing axis", self.axis_choice)
+        form.addRow(self.start_button)
+
+        prompt_box = QGroupBox("Objects and prompts")
+        form = QFormLayout(prompt_box)
+        row = QHBoxLayout()
+        for widget in (self.object_choice, self.add_object_button, self.delete_object_button):
+            row.addWidget(widget)
+        form.addRow("Object", row)
+        form.addRow("Clicks", self.polarity_button)
+        form.addRow(self.live_mode)
+        row = QHBoxLayout()
+        row.addWidget(self.mask_choice.native)
+        row.addWidget(self.use_mask_button)
+        form.addRow("Mask", row)
+
+        propagate_box = QGroupBox("Propagation")
+        form = QFormLayout(propagate_box)
+        form.addRow("Direction", self.direction_choice)
+        row = QHBoxLayout()
+        for widget in (self.limit_range, self.first_slice, QLabel("to"), self.last_slice):
+            row.addWidget(widget)
+        form.addRow(row)
+        row = QHBoxLayout()
+        for widget in (self.propagate_button, self.repropagate_button, self.cancel_button):
+            row.addWidget(widget)
+        form.addRow(row)
+        form.addRow(self.progress)
+
+        edit_row = QHBoxLayout()
+        edit_row.addWidget(self.undo_button)
+        edit_row.addWidget(self.redo_button)
+        layout = QVBoxLayout(self)
+        for box in (image_box, prompt_box, propagate_box):
+            layout.addWidget(box)
+        layout.addLayout(edit_row)
+        layout.addWidget(self.overwrite_button)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    # layer choices -----------------------------------------------------------------------
+    def _image_layers(self, _widget=None) -> list:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)] if self.viewer else []
+
+    def _labels_layers(self, _widget=None) -> list:
+        from napari.layers import Labels
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)] if self.viewer else []
+
+    def _layers_changed(self, _event=None) -> None:
+        self.image_choice.reset_choices()
+        self.mask_choice.reset_choices()
+        self._update_buttons()
+
+    def _layer_removed(self, event) -> None:
+        if event.value is self.output_layer or event.value is self.state.image_layer:
+            self.cancel()
+            self._end_session("The image or output layer was removed: press New segmentation to start again.")
+        elif event.value is self.points_layer:
+            self.points_layer = None
+        elif event.value is self.shapes_layer:
+            self.shapes_layer = None
+
+    def _image_changed(self, _value=None) -> None:
+        layer = self.image_choice.value
+        if layer is None:
+            return
+        self.axis_choice.setRange(0, layer.ndim - 1)
+        self.axis_choice.setValue(self.default_axis(layer))
+
+    def default_axis(self, layer) -> int:
+        """The slicing axis to offer: the last axis not on screen (slices of a volume, frames
+        of a video, the slices of the current time point of a 4D image)."""
+        if self.viewer is None:
+            return 0
+        offset = self.viewer.dims.ndim - layer.ndim
+        hidden = [d - offset for d in self.viewer.dims.not_displayed if d >= offset]
+        return hidden[-1] if hidden else 0
+
+    # session -----------------------------------------------------------------------------
+    def start(self) -> bool:
+        """A new segmentation of the chosen image: prompt layers, an empty output layer, object 1.
+        Earlier output layers stay in the viewer untouched."""
+        model, image = self.state.model, self.image_choice.value
+        if model is None:
+            return self._say("Load a model in the Model panel first.")
+        if image is None:
+            return self._say("Open an image first (File > Open, or File > Open Sample > SAMed-2).")
+        self.cancel()
+        axis = self.axis_choice.value()
+        try:
+            volume = Volume(image.data, axis, rgb=image.rgb, fixed=self._fixed_indices(image, axis))
+            session = Session(model, volume)
+        except _USER_ERRORS as exc:
+            return self._say(f"Cannot segment {image.name!r} along axis {axis}: {exc}")
+        spatial_shape = volume.shape[:-1] if volume.rgb else volume.shape
+        where = {"scale": image.scale[: len(spatial_shape)], "translate": image.translate[: len(spatial_shape)]}
+        self._muted = True
+        self.output_layer = self.viewer.add_labels(
+            np.zeros(spatial_shape, np.uint16), name=f"{image.name} SAM labels", **where
+        )
+        self.shapes_layer = self.viewer.add_shapes(
+            ndim=len(spatial_shape), name=f"{image.name} SAM boxes", face_color="transparent",
+            edge_color="yellow", edge_width=2, features=pd.DataFrame({"object": pd.Series(dtype=int)}), **where,
+        )
+        self.points_layer = self.viewer.add_points(
+            ndim=len(spatial_shape), name=f"{image.name} SAM clicks", size=max(3, min(volume.frame_shape) // 40),
+            features=pd.DataFrame({"object": pd.Series(dtype=int), "positive": pd.Series(dtype=bool)}), **where,
+        )
+        self._muted = False
+        self.points_layer.bind_key("t", lambda _layer: self.polarity_button.toggle(), overwrite=True)
+        for layer in (self.points_layer, self.shapes_layer):
+            layer.events.data.connect(self._prompts_edited)
+        self.session, self.labels = session, LabelVolume(self.output_layer.data, volume)
+        self._layer_prompts.clear()
+        self._skipped_edited.clear()
+        self.first_slice.setRange(0, len(volume) - 1)
+        self.last_slice.setRange(0, len(volume) - 1)
+        self.last_slice.setValue(len(volume) - 1)
+        self.object_choice.clear()
+        self.state.set_session(session, image_layer=image, axis=axis)
+        self.add_object()
+        self.mask_choice.reset_choices()
+        self.mask_choice.value = self.output_layer
+        self._polarity_changed(self.polarity_button.isChecked())
+        self.viewer.layers.selection.active = self.points_layer
+        self.points_layer.mode = "add"
+        return self._say(
+            f"Segmenting {image.name!r} along axis {axis} ({len(volume)} slices). Click on the object "
+            "(T switches positive/negative), or draw a box in the boxes layer."
+        )
+
+    def _fixed_indices(self, image, axis: int) -> dict[int, int]:
+        """Axes that are neither the slicing axis nor on screen stay at the viewer's position."""
+        offset = self.viewer.dims.ndim - image.ndim
+        plane = [d - offset for d in self.viewer.dims.displayed if d >= offset]
+        position = image.world_to_data(self.viewer.dims.point[offset:])
+        return {
+            d: int(np.clip(round(position[d]), 0, image.data.shape[d] - 1))
+            for d in range(image.ndim) if d != axis and d not in plane
+        }
+
+    def _end_session(self, message: str) -> None:
+        self.session = self.labels = None
+        self.output_layer = self.points_layer = self.shapes_layer = None
+        self.object_choice.clear()
+        self.state.set_session(None)
+        self._say(message)
+
+    # objects -----------------------------------------------------------------------------
+    @property
+    def current_object(self) -> int | None:
+        return self.object_choice.currentData()
+
+    def add_object(self) -> int | None:
+        if self.session is None:
+            self._say("Press New segmentation first.")
+            return None
+        object_id = self.session.add_object()
+        self.object_choice.addItem(f"object {object_id}", object_id)
+        self.object_choice.setCurrentIndex(self.object_choice.count() - 1)
+        return object_id
+
+    def delete_object(self, object_id: int | None = None) -> None:
+        """Remove the object, its prompts and its labels (the labels removal can be undone)."""
+        object_id = object_id if object_id is not None else self.current_object
+        if self.session is None or object_id is None:
+            return
+        if self.busy:
+            self._say("Wait for the running job to end (or Cancel it) before deleting an object.")
+            return
+        with self.session.lock:
+            self.session.remove_object(object_id)
+        self._muted = True
+        for layer in (self.points_layer, self.shapes_layer):
+            if layer is not None and len(layer.data):
+                layer.selected_data = set(np.flatnonzero(layer.features["object"].to_numpy() == object_id))
+                layer.remove_selected()
+        self._muted = False
+        self._layer_prompts = {k: v for k, v in self._layer_prompts.items() if k[0] != object_id}
+        frames = self.labels.remove_object(object_id)
+        self.object_choice.removeItem(self.object_choice.findData(object_id))
+        self._refresh_output()
+        self.state.memory_changed.emit()
+        self._say(f"Deleted object {object_id} (its labels on {len(frames)} slices; Undo brings them back).")
+
+    def _object_selected(self, _index: int) -> None:
+        object_id = self.current_object
+        if object_id is None:
+            return
+        for layer in (self.points_layer, self.shapes_layer):
+            if layer is not None:
+                layer.feature_defaults = {**layer.feature_defaults.iloc[0].to_dict(), "object": object_id}
+        if self.output_layer is not None:
+            self.output_layer.selected_label = object_id
+
+    def _polarity_changed(self, negative: bool) -> None:
+        self.polarity_button.setText("Negative (T)" if negative else "Positive (T)")
+        if self.points_layer is not None:
+            self.points_layer.feature_defaults = {"object": self.current_object or 1, "positive": not negative}
+            self.points_layer.current_face_color = NEGATIVE_COLOR if negative else POSITIVE_COLOR
+
+    # prompts -----------------------------------------------------------------------------
+    def _prompts_edited(self, event) -> None:
+        if self._muted or getattr(event, "action", "added") not in ("added", "removed", "changed"):
+            return
+        if self.live_mode.isChecked():
+            self.apply_prompts()
+
+    def pending_prompt_changes(self) -> dict[tuple[int, int], FramePrompt | None]:
+        """What the prompt layers say that the session does not know yet: ``None`` for a
+        prompt deleted from the layers."""
+        drawn = prompts_from_layers(self.session.volume, self.state.image_layer, self.points_layer, self.shapes_layer)
+        keys = set(drawn) | set(self._layer_prompts)
+        return {k: drawn.get(k) for k in keys if not _same_prompt(drawn.get(k), self._layer_prompts.get(k))}
+
+    def apply_prompts(self) -> None:
+        """Segment every slice whose prompts changed (in a worker); results go to the output."""
+        if self.session is None:
+            self._say("Press New segmentation first.")
+            return
+        try:
+            changes = self.pending_prompt_changes()
+        except _USER_ERRORS as exc:
+            self._say(str(exc))
+            return
+        if changes:
+            self._submit("segment", self._segment_changes, self._take(changes), total=len(changes))
+
+    def _take(self, changes: dict) -> dict:
+        """Record ``changes`` as applied (on the GUI thread, before the worker applies them,
+        so that a click arriving meanwhile is compared with what is already on its way)."""
+        for key, prompt in changes.items():
+            if prompt is None:
+                self._layer_prompts.pop(key, None)
+            else:
+                self._layer_prompts[key] = prompt
+        return changes
+
+    def _segment_changes(self, changes: dict):
+        """Worker: feed changed prompts to the session, one slice at a time."""
+        for (object_id, frame), prompt in sorted(changes.items(), key=lambda kv: kv[0]):
+            if object_id not in self.session.memories:
+                continue
+            try:
+                if prompt is None:
+                    self.session.clear_prompt(frame, object_id)
+                    yield _Step(self.session.result(frame), cleared=(object_id,))
+                else:
+                    yield _Step(self.session.segment_frame(frame, object_id, prompt))
+            except _USER_ERRORS as exc:
+                yield _Step(note=f"Slice {frame}, object {object_id}: {exc}")
+
+    def use_mask(self, frame: int | None = None) -> None:
+        """The chosen Labels layer's pixels of the current object on ``frame`` (default: the
+        slice on screen) become the object's mask prompt there, e.g. after painting a fix.
+        The next click of the object on that slice replaces it (SAM-2 takes a mask or clicks)."""
+        if self.session is None or self.current_object is None:
+            self._say("Press New segmentation first.")
+            return
+        frame = self.current_frame() if frame is None else frame
+        try:
+            mask = mask_from_labels(
+                self.mask_choice.value, self.state.image_layer, self.session.volume, frame, self.current_object
+            )
+        except _USER_ERRORS as exc:
+            self._say(str(exc))
+            return
+        if not mask.any():
+            self._say(f"Object {self.current_object} has no pixels on slice {frame} of that layer: paint some first.")
+            return
+        prompt = FramePrompt(mask=mask)
+        object_id = self.current_object
+
+        def segment_with_mask():
+            yield _Step(self.session.segment_frame(frame, object_id, prompt))
+
+        self._submit("mask prompt", segment_with_mask, total=1, overwrite=True)
+
+    def current_frame(self) -> int:
+        """The slice on screen, along the session's axis."""
+        image, axis = self.state.image_layer, self.state.axis
+        offset = self.viewer.dims.ndim - image.ndim
+        return int(round(image.world_to_data(self.viewer.dims.point[offset:])[axis]))
+
+    # propagation -------------------------------------------------------------------------
+    def propagate(self) -> None:
+        """Apply changed prompts, then propagate in the chosen direction and range."""
+        if self.session is None:
+            self._say("Press New segmentation first.")
+            return
+        try:
+            changes = self.pending_prompt_changes()
+        except _USER_ERRORS as exc:
+            self._say(str(exc))
+            return
+        direction = self.direction_choice.currentText()
+        limits = (self.first_slice.value(), self.last_slice.value()) if self.limit_range.isChecked() else None
+
+        def work():
+            yield from self._segment_changes(self._take(changes))
+            for result in self.session.propagate(direction, limits=limits):
+                yield _Step(result)
+
+        first, last = limits or (0, len(self.session.volume) - 1)
+        self._submit("propagate", work, total=last - first + 1)
+
+    def repropagate(self) -> None:
+        """Recompute the slices made stale by corrections, pins or evictions."""
+        if self.session is None:
+            return
+        total = sum(len(frames) for frames in self.session.stale.values())
+        if not total:
+            self._say("Nothing to re-propagate: no slice is stale.")
+            return
+        def work():
+            for result in self.session.repropagate():
+                yield _Step(result)
+
+        self._submit("re-propagate", work, total=total)
+
+    # jobs --------------------------------------------------------------------------------
+    def _submit(self, name: str, generator, *args, total: int = 0, overwrite: bool = False) -> None:
+        """Queue a job; jobs run one after the other in a worker thread."""
+        self._jobs.append((name, generator, args, total, overwrite))
+        if self._worker is None:
+            self._next_job()
+
+    def _next_job(self) -> None:
+        from napari.qt.threading import create_worker
+
+        if not self._jobs:
+            self._worker = None
+            self._update_buttons()
+            return
+        name, generator, args, total, overwrite = self._jobs.popleft()
+        self._job = {"name": name, "done": set(), "cancelled": False, "error": None, "overwrite": overwrite, "notes": []}
+        self.labels.begin(name)
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(0)
+        # connecting "errored" at creation stops napari from re-raising the error as a crash
+        self._worker = create_worker(
+            generator, *args,
+            _connect={
+                "yielded": self._on_result,
+                "errored": self._on_error,
+                "aborted": self._on_aborted,
+                "finished": self._on_finished,
+            },
+        )
+        self._update_buttons()
+
+    def _on_result(self, step: _Step) -> None:
+        if step.note:
+            self._job["notes"].append(step.note)
+        if self.labels is None or step.result is None:
+            return
+        report = self.labels.write(step.result, overwrite=self._job["overwrite"], clear=step.cleared)
+        self._skipped_edited |= set(report.skipped_edited)
+        self._skipped_edited -= set(report.written)
+        self._job["done"].add(step.result.frame)
+        self.progress.setValue(min(len(self._job["done"]), self.progress.maximum()))
+        self._refresh_output()
+
+    def _on_error(self, exc: Exception) -> None:
+        self._job["error"] = exc
+
+    def _on_aborted(self) -> None:
+        self._job["cancelled"] = True
+
+    def _on_finished(self) -> None:
+        job = self._job
+        if self.labels is not None:
+            self.labels.end()
+        name, done = job["name"], len(job["done"])
+        if job["error"] is not None:
+            message = f"{name.capitalize()} stopped: {job['error']}"
+            if done:
+                message += f" ({done} slices done before are kept)"
+            self._jobs.clear()
+        elif job["cancelled"]:
+            message = f"Cancelled {name}: the {done} slices done are kept."
+            self._jobs.clear()
+        else:
+            message = f"{name.capitalize()}: {done} slices updated."
+        message = " ".join([*job["notes"], message])
+        stale = sum(len(f) for f in self.session.stale.values()) if self.session is not None else 0
+        if stale:
+            message += f" {stale} slices are stale: Re-propagate to update them."
+        self.state.memory_changed.emit()
+        self._say(message)
+        self._worker = None
+        self._next_job()
+        if self._worker is None:
+            self.work_finished.emit(self.status.text())
+
+    def cancel(self) -> None:
+        """Stop the running job after its current slice; what it produced stays."""
+        self._jobs.clear()
+        if self._worker is not None:
+            self._worker.quit()
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    # output ------------------------------------------------------------------------------
+    def undo(self) -> None:
+        if self.labels is None or self.busy:
+            return
+        description = self.labels.undo_description
+        report = self.labels.undo()
+        self._after_history(f"Undid {description}", report)
+
+    def redo(self) -> None:
+        if self.labels is None or self.busy:
+            return
+        report = self.labels.redo()
+        self._after_history("Redid", report)
+
+    def _after_history(self, what: str, report) -> None:
+        message = f"{what}: {len(report.written)} slices."
+        if report.skipped_edited:
+            message += f" Slices {report.skipped_edited} were painted since and were left as they are."
+        self._refresh_output()
+        self._say(message)
+
+    def overwrite_edited(self) -> None:
+        """Write the model's results over the slices the user had edited by hand (asked for)."""
+        if self.session is None or not self._skipped_edited:
+            return
+        frames = sorted(self._skipped_edited)
+        self.labels.begin(f"overwrite {len(frames)} edited slices")
+        self.labels.write([self.session.result(f) for f in frames], overwrite=True)
+        self.labels.end()
+        self._skipped_edited.clear()
+        self._refresh_output()
+        self._say(f"Overwrote slices {frames} with the model's result (Undo puts your edits back).")
+
+    def _refresh_output(self) -> None:
+        if self.output_layer is not None:
+            self.output_layer.refresh()
+        self._update_buttons()
+
+    # feedback ----------------------------------------------------------------------------
+    def _say(self, message: str) -> bool:
+        self.status.setText(message)
+        return self.session is not None
+
+    def _update_buttons(self) -> None:
+        has_session, busy = self.session is not None, self._worker is not None
+        self.start_button.setEnabled(self.state.model is not None and self.image_choice.value is not None)
+        for button in (self.add_object_button, self.delete_object_button, self.use_mask_button,
+                       self.propagate_button, self.repropagate_button):
+            button.setEnabled(has_session)
+        self.cancel_button.setEnabled(busy)
+        self.progress.setVisible(busy)
+        self.undo_button.setEnabled(has_session and not busy and self.labels.can_undo)
+        self.redo_button.setEnabled(has_session and not busy and self.labels.can_redo)
+        edited = sorted(self._skipped_edited)
+        self.overwrite_button.setVisible(bool(edited) and not busy)
+        self.overwrite_button.setText(
+            f"Slices {edited[:8]}{'...' if len(edited) > 8 else ''} were edited by hand and kept: overwrite them"
+        )

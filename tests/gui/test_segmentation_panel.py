@@ -1,0 +1,209 @@
+"""The segmentation panel drives the real engine from napari layers, in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_samed2._widgets.segmentation_panel import SegmentationPanel
+from napari_samed2._widgets.state import shared_state
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 120_000
+
+
+def _volume(frames=8, size=64):
+    """A bright disk drifting through the slices, on noise."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.ogrid[:size, :size]
+    data = rng.normal(0.1, 0.02, (frames, size, size)).astype(np.float32)
+    for z in range(frames):
+        data[z][(rows - 30 - z) ** 2 + (cols - 32) ** 2 <= 12**2] += 0.8
+    return data
+
+
+@pytest.fixture
+def panel(make_napari_viewer, tiny_model, qtbot):
+    """A started segmentation on an image with non-unit scale and a translate."""
+    viewer = make_napari_viewer()
+    viewer.add_image(_volume(), name="mr", scale=(3.0, 0.5, 0.5), translate=(10.0, -4.0, 2.0))
+    shared_state(viewer).set_model(tiny_model)
+    panel = SegmentationPanel(viewer)
+    viewer.window.add_dock_widget(panel)
+    assert panel.start_button.isEnabled()
+    assert panel.start()
+    return panel
+
+
+def _click(panel, frame, row, col, positive=True):
+    """A click where the user would put it: image pixel -> world -> the points layer's data."""
+    world = panel.state.image_layer.data_to_world([frame, row, col])
+    panel.polarity_button.setChecked(not positive)
+    panel.points_layer.add(panel.points_layer.world_to_data(world))
+
+
+def _run(panel, qtbot, action, *args):
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
+        action(*args)
+    return signal.args[0]
+
+
+def test_start_creates_aligned_layers_and_object_one(panel):
+    viewer = panel.viewer
+    for layer in (panel.output_layer, panel.points_layer, panel.shapes_layer):
+        assert layer in viewer.layers
+        np.testing.assert_allclose(layer.scale, (3.0, 0.5, 0.5))
+        np.testing.assert_allclose(layer.translate, (10.0, -4.0, 2.0))
+    assert panel.output_layer.data.shape == (8, 64, 64) and not panel.output_layer.data.any()
+    assert panel.session.object_ids == [1] and panel.current_object == 1
+    assert panel.state.session is panel.session
+
+
+def test_live_click_segments_only_that_slice_at_the_clicked_pixel(panel, qtbot):
+    message = _run(panel, qtbot, _click, panel, 3, 33, 32)
+    assert "1 slices updated" in message
+    prompt = panel.session.prompts[1][3]
+    np.testing.assert_allclose(prompt.points, [[33, 32]], atol=1e-4)  # world -> pixel with scale and translate
+    assert prompt.labels.tolist() == [1]
+    labelled = np.flatnonzero(panel.output_layer.data.reshape(8, -1).any(axis=1))
+    expected = panel.session.result(3).labels((64, 64))
+    np.testing.assert_array_equal(panel.output_layer.data[3], expected)
+    assert set(labelled) <= {3}
+
+
+def test_negative_click_and_t_key_switch_polarity(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 2, 32, 32)
+    panel.points_layer.keymap  # the binding exists on the layer
+    panel.polarity_button.toggle()
+    assert panel.polarity_button.text().startswith("Negative")
+    assert not panel.points_layer.feature_defaults["positive"].iloc[0]
+    _run(panel, qtbot, _click, panel, 2, 5, 5, False)
+    assert panel.session.prompts[1][2].labels.tolist() == [1, 0]
+
+
+def test_box_prompt_from_a_rectangle(panel, qtbot):
+    pixels = ([4, 20, 22], [4, 20, 44], [4, 44, 44], [4, 44, 22])
+    rectangle = [panel.shapes_layer.world_to_data(panel.state.image_layer.data_to_world(p)) for p in pixels]
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS):
+        panel.shapes_layer.add_rectangles(np.array(rectangle))
+    np.testing.assert_allclose(panel.session.prompts[1][4].box, (20, 22, 44, 44), atol=1e-4)
+
+
+def test_propagate_both_ways_fills_every_slice_and_undo_restores(panel, qtbot):
+    panel.live_mode.setChecked(False)
+    _click(panel, 4, 34, 32)
+    assert not panel.output_layer.data.any()  # live mode off: nothing until Propagate
+    message = _run(panel, qtbot, panel.propagate)
+    assert "Propagate: 8 slices updated" in message
+    np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
+    assert sorted(panel.session.memories[1].entries) == list(range(8))
+    panel.undo()
+    assert not panel.output_layer.data.any()
+    panel.redo()
+    np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
+
+
+def test_propagation_within_a_range(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 3, 33, 32)
+    panel.limit_range.setChecked(True)
+    panel.first_slice.setValue(2)
+    panel.last_slice.setValue(5)
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, panel.propagate)
+    assert sorted(panel.session.memories[1].entries) == [3, 4, 5]
+
+
+def test_cancel_keeps_the_slices_done(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    done = []
+
+    def cancel_after_two(_step):
+        done.append(1)
+        if len(done) == 2:
+            panel.cancel()
+
+    panel.direction_choice.setCurrentText("forward")
+    panel.propagate()
+    panel._worker.yielded.connect(cancel_after_two)
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
+        pass
+    assert signal.args[0].startswith("Cancelled propagate")
+    tracked = sorted(panel.session.memories[1].tracked)
+    assert 2 <= len(tracked) < 8
+    written = [f for f in range(8) if panel.output_layer.data[f].any()]
+    assert set(written) <= set(tracked) | {0}
+    np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
+    assert not panel.busy and panel.propagate_button.isEnabled()
+
+
+def test_correction_repropagates_only_later_slices_and_keeps_painted_slices(panel, qtbot):
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    _run(panel, qtbot, panel.propagate)
+    before = panel.output_layer.data.copy()
+    panel.output_layer.data[6, 0:3, 0:3] = 1  # the user paints on slice 6 by hand
+    painted = panel.output_layer.data[6].copy()
+    _run(panel, qtbot, _click, panel, 3, 2, 2, False)  # correction: a negative click on slice 3
+    assert panel.session.stale[1] == {4, 5, 6, 7}
+    message = _run(panel, qtbot, panel.repropagate)
+    assert "Re-propagate" in message
+    np.testing.assert_array_equal(panel.output_layer.data[:3], before[:3])  # before the correction: untouched
+    np.testing.assert_array_equal(panel.output_layer.data[6], painted)  # painted slice kept
+    assert not panel.overwrite_button.isHidden() and "[6]" in panel.overwrite_button.text()
+    panel.overwrite_edited()
+    np.testing.assert_array_equal(panel.output_layer.data[6], panel.session.result(6).labels((64, 64)))
+    panel.undo()
+    np.testing.assert_array_equal(panel.output_layer.data[6], painted)
+
+
+def test_painted_mask_becomes_the_slice_prompt(panel, qtbot):
+    panel.output_layer.data[5, 10:30, 10:30] = 1
+    panel.mask_choice.value = panel.output_layer
+    _run(panel, qtbot, panel.use_mask, 5)
+    prompt = panel.session.prompts[1][5]
+    assert prompt.mask is not None and prompt.mask.sum() == 400
+    # sam2 takes a mask prompt as that slice's answer
+    np.testing.assert_array_equal(panel.output_layer.data[5] == 1, prompt.mask)
+
+
+def test_second_object_and_delete_with_undo(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 2, 32, 32)
+    second = panel.add_object()
+    assert second == 2 and panel.points_layer.feature_defaults["object"].iloc[0] == 2
+    _run(panel, qtbot, _click, panel, 2, 5, 5)
+    assert set(np.unique(panel.output_layer.data[2])) >= {2}
+    panel.delete_object(2)
+    assert panel.session.object_ids == [1]
+    assert not (panel.output_layer.data == 2).any()
+    assert (panel.points_layer.features["object"] == 2).sum() == 0
+    panel.undo()
+    assert (panel.output_layer.data == 2).any()
+
+
+def test_removing_the_only_prompt_is_explained(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 2, 32, 32)
+    panel.points_layer.selected_data = {0}
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
+        panel.points_layer.remove_selected()
+    assert "only prompt" in signal.args[0]
+
+
+def test_no_model_no_start(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(_volume())
+    panel = SegmentationPanel(viewer)
+    assert not panel.start_button.isEnabled()
+    assert not panel.start()
+    assert "Load a model" in panel.status.text()
+
+
+def test_repropagate_request_from_the_inspector_runs_here(panel, qtbot):
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    _run(panel, qtbot, panel.propagate)
+    panel.session.pin(1, 2)
+    assert panel.session.stale[1]
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
+        panel.state.repropagate_requested.emit()
+    assert signal.args[0].startswith("Re-propagate")
+    assert not panel.session.stale[1]
