@@ -48,7 +48,7 @@ def _assert_same(session: Session, state, obj_ids: list[int]) -> None:
             stock_mask = torch.nn.functional.interpolate(
                 logits, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False
             )[0, 0] > 0
-            assert np.array_equal(session.result(frame).objects[obj_id].mask, stock_mask.numpy())
+            assert np.array_equal(session.result(frame).objects[obj_id].mask, stock_mask.cpu().numpy())
             checked += 1
     assert checked > 0
 

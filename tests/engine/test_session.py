@@ -48,6 +48,7 @@ def test_a_small_memory_budget_spills_to_disk_and_still_avoids_recomputing(tiny_
 def test_persistent_cache_survives_a_new_session(tiny_model, array, tmp_path):
     first = Session(tiny_model, array, cache=EmbeddingCache(directory=tmp_path))
     first.segment_frame(3, first.add_object(), click())
+    first.cache.flush()  # disk writes run in the background; a second cache on the folder needs them done
     again = Session(tiny_model, array.copy(), cache=EmbeddingCache(directory=tmp_path))
     again.segment_frame(3, again.add_object(), click())
     # the first frame of a session runs the encoder once for its (constant) position encodings
@@ -154,7 +155,7 @@ def test_nan_voxels_are_reported_and_do_not_poison_the_result(tiny_model, array)
     obj = session.add_object()
     with pytest.warns(RuntimeWarning, match="25 non-finite"):
         result = session.segment_frame(4, obj, click(30, 33))
-    assert np.isfinite(session.memories[obj].latest(4).low_res_logits).all()
+    assert torch.isfinite(session.memories[obj].latest(4).low_res_logits).all()
     assert result.objects[obj].mask.any()
 
 
@@ -220,3 +221,18 @@ def test_a_click_during_propagation_lands_between_frames(tiny_model, array):
     worker.join()
     assert len(list(frames)) == FRAMES - 1
     assert len(session.object_ids) == 2
+
+
+def test_embeddings_in_flight_to_disk_are_served_from_memory(tmp_path):
+    import torch
+
+    cache = EmbeddingCache(memory_bytes=1, directory=tmp_path)
+    features = [torch.full((4, 4), float(i)) for i in range(3)]
+    for i in range(3):
+        cache.put(f"frame{i}", [features[i]])
+    assert all(f"frame{i}" in cache for i in range(3))
+    assert torch.equal(cache.get("frame0")[0], features[0])
+    cache.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"frame{i}.safetensors" for i in range(3)]
+    reopened = EmbeddingCache(directory=tmp_path)
+    assert torch.equal(reopened.get("frame2")[0], features[2]) and reopened.stats.disk_hits == 1

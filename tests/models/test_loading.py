@@ -9,18 +9,23 @@ from napari_samed2.models import get_spec, resolve_device
 from napari_samed2.models.checkpoint import guess_architecture, read_state_dict
 from napari_samed2.models.random_weights import random_state_dict, save_random_checkpoint
 
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.conftest import TEST_DEVICE, TEST_IMAGE_SIZE
 
 
 def _outputs(sam, seed=3):
     """Image features plus a point-prompted mask: touches encoder, prompt encoder and decoder."""
     image = torch.randn(1, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+    device = next(sam.parameters()).device
+    image = image.to(device)
     with torch.inference_mode():
         backbone = sam.forward_image(image)
         _, feats, _, sizes = sam._prepare_backbone_features(backbone)
         pix = feats[-1].permute(1, 2, 0).view(1, -1, *sizes[-1])
         high_res = [x.permute(1, 2, 0).view(1, -1, *s) for x, s in zip(feats[:-1], sizes[:-1])]
-        points = {"point_coords": torch.tensor([[[100.0, 120.0]]]), "point_labels": torch.tensor([[1]])}
+        points = {
+            "point_coords": torch.tensor([[[100.0, 120.0]]], device=device),
+            "point_labels": torch.tensor([[1]], device=device),
+        }
         masks = sam._forward_sam_heads(pix, points, None, high_res, multimask_output=True)
     return [backbone["vision_features"], *masks[:3]]
 
@@ -28,12 +33,12 @@ def _outputs(sam, seed=3):
 def test_checkpoint_round_trip_gives_identical_outputs(tiny_checkpoint, tiny_model):
     from napari_samed2.models import build_model
 
-    in_memory = build_model(get_spec("sam2.1-tiny"), TEST_IMAGE_SIZE)
+    in_memory = build_model(get_spec("sam2.1-tiny"), TEST_IMAGE_SIZE, device=TEST_DEVICE)
     in_memory.load_state_dict(random_state_dict("sam2.1-tiny", TEST_IMAGE_SIZE, seed=0))
     for ours, reference in zip(_outputs(tiny_model.sam), _outputs(in_memory)):
         assert torch.equal(ours, reference)
     # a different seed is a different model: the comparison above can fail
-    other = build_model(get_spec("sam2.1-tiny"), TEST_IMAGE_SIZE)
+    other = build_model(get_spec("sam2.1-tiny"), TEST_IMAGE_SIZE, device=TEST_DEVICE)
     other.load_state_dict(random_state_dict("sam2.1-tiny", TEST_IMAGE_SIZE, seed=1))
     assert not torch.equal(_outputs(other)[0], _outputs(in_memory)[0])
 
@@ -41,7 +46,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_checkpoint, tiny_mod
 def test_loaded_model_reports_what_it_is(tiny_model, tiny_checkpoint):
     assert tiny_model.spec.name == "sam2.1-tiny"  # guessed from the keys
     assert tiny_model.image_size == TEST_IMAGE_SIZE
-    assert tiny_model.device.type == "cpu" and tiny_model.dtype == torch.float32
+    assert tiny_model.device.type == TEST_DEVICE and tiny_model.dtype == torch.float32
     assert tiny_model.checkpoint == tiny_checkpoint
     assert 30e6 < tiny_model.num_parameters < 50e6
     assert "SAM 2.1 Hiera tiny" in tiny_model.describe()

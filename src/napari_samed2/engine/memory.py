@@ -51,7 +51,7 @@ def image_descriptor(image_embedding: torch.Tensor) -> torch.Tensor:
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+    return float(F.cosine_similarity(a.float().flatten().cpu(), b.float().flatten().cpu(), dim=0))
 
 
 @dataclass(eq=False)
