@@ -6,19 +6,22 @@ keyed by a digest of its content, its normalisation and the model, so re-prompti
 adding an object or re-propagating after a correction reuses them. The in-memory part is
 bounded in bytes; what it evicts goes to disk (a temporary folder by default, deleted with the
 cache, or a folder you choose, which then persists across sessions like micro-sam's
-embedding files).
+embedding files). Disk writes run in a background thread, so on a GPU the encoder does not
+wait for them (a few writes in flight at most, to keep memory bounded).
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 DEFAULT_MEMORY_BYTES = 256 * 2**20
+MAX_WRITES_IN_FLIGHT = 4
 
 
 @dataclass
@@ -39,10 +42,12 @@ class EmbeddingCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._memory: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
         self._used = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samed2-embedding-writer")
+        self._writing: OrderedDict[str, tuple[Future, list[torch.Tensor]]] = OrderedDict()
         self.stats = CacheStats()
 
     def __contains__(self, key: str) -> bool:
-        return key in self._memory or self._path(key).exists()
+        return key in self._memory or key in self._writing or self._path(key).exists()
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
@@ -52,6 +57,11 @@ class EmbeddingCache:
             self._memory.move_to_end(key)
             self.stats.memory_hits += 1
             return self._memory[key]
+        if key in self._writing:  # evicted a moment ago, still on its way to disk
+            features = self._writing[key][1]
+            self.stats.memory_hits += 1
+            self._remember(key, features)
+            return features
         path = self._path(key)
         if path.exists():
             from safetensors.torch import load_file
@@ -75,10 +85,28 @@ class EmbeddingCache:
         while self._used > self.memory_bytes and len(self._memory) > 1:
             old_key, old = self._memory.popitem(last=False)
             self._used -= _nbytes(old)
-            if not self._path(old_key).exists():
+            if old_key not in self._writing and not self._path(old_key).exists():
                 self._write(old_key, old)
 
     def _write(self, key: str, features: list[torch.Tensor]) -> None:
+        """Queue ``features`` for disk; errors surface on the next write or :meth:`flush`."""
+        self._writing[key] = (self._writer.submit(self._write_now, key, features), features)
+        self._reap(block=len(self._writing) > MAX_WRITES_IN_FLIGHT)
+
+    def _reap(self, block: bool = False) -> None:
+        """Forget finished writes (raising their errors); with ``block``, wait for the oldest."""
+        for key, (future, _) in list(self._writing.items()):
+            if block or future.done():
+                del self._writing[key]
+                future.result()
+                block = False
+
+    def flush(self) -> None:
+        """Wait until every queued write is on disk."""
+        while self._writing:
+            self._reap(block=True)
+
+    def _write_now(self, key: str, features: list[torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
         path = self._path(key)
@@ -93,12 +121,15 @@ class EmbeddingCache:
     def clear_memory(self) -> None:
         """Drop the in-memory part, spilling it to disk first (for a memory-pressure handler)."""
         for key, features in self._memory.items():
-            if not self._path(key).exists():
+            if key not in self._writing and not self._path(key).exists():
                 self._write(key, features)
+        self.flush()
         self._memory.clear()
         self._used = 0
 
     def close(self) -> None:
+        self.flush()
+        self._writer.shutdown()
         self._memory.clear()
         self._used = 0
         if self._tmp is not None:
