@@ -8,6 +8,7 @@ frame, peak RSS, RSS growth per frame and the correction time, and writes a Mark
 
     python benchmarks/bench_engine.py                      # 512 px, N = 16 64 256, CPU
     python benchmarks/bench_engine.py --frames 16 --size 256 --out /tmp/bench.md   # quick
+    python benchmarks/bench_engine.py --device cuda --out docs/benchmarks_cuda.md  # on a GPU
 
 Random weights (no download here) in the real SAM 2.1 tiny architecture: speed and memory
 depend on the architecture and image size, not on the weight values.
@@ -55,14 +56,25 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str) -> dict:
+def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str, device: str, warm_up: bool = True) -> dict:
     import torch
 
     from napari_samed2 import load_model
     from napari_samed2.engine import FramePrompt, Session, Volume
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = load_model(checkpoint, device="cpu", image_size=size)
+    # "auto" precision: float32 on CPU, bf16 autocast on CUDA (how SAM-2 is run there); stock
+    # runs inside the same context.
+    model = load_model(checkpoint, device=device, image_size=size)
+    cuda = model.device.type == "cuda"
+    if cuda and warm_up:  # CUDA context, kernel loading and cuDNN's choices, outside the timings
+        run_child(impl, 4, size, checkpoint, policy, device, warm_up=False)
+        torch.cuda.reset_peak_memory_stats()
+
+    def synchronize() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     volume = Volume(synthetic_volume(frames))
     _ = volume.normalise  # the window is computed once up front, outside the timings
     click = np.array([[100.0, 90.0]])
@@ -70,7 +82,10 @@ def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str) -
     t_mid = correction_frame / max(frames - 1, 1)
     correction = np.array([[100 + 50 * t_mid, 90 + 70 * t_mid], [10.0, 10.0]])
     baseline = rss_bytes()
-    result: dict = {"impl": impl if impl == "stock" else f"ours ({policy})", "frames": frames, "size": size}
+    result: dict = {
+        "impl": impl if impl == "stock" else f"ours ({policy})", "frames": frames, "size": size,
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(model.dtype).removeprefix("torch."),
+    }
 
     if impl == "stock":
         import sam2.sam2_video_predictor as stock_module
@@ -84,18 +99,20 @@ def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str) -
 
         stock_module.load_video_frames = load_frames
         start = time.perf_counter()
-        with torch.inference_mode():
+        with model.inference():
             state = sam.init_state(video_path="<in-memory>")
             sam.add_new_points_or_box(state, 0, 1, points=click[:, ::-1].copy(), labels=np.array([1]))
-            masks = {f: (m[0, 0] > 0).numpy() for f, _, m in sam.propagate_in_video(state)}
+            masks = {f: (m[0, 0] > 0).cpu().numpy() for f, _, m in sam.propagate_in_video(state)}
+        synchronize()
         result["first_s"] = time.perf_counter() - start
         result["rss_added_mb"] = (rss_bytes() - baseline) / 2**20
         start = time.perf_counter()
-        with torch.inference_mode():
+        with model.inference():
             sam.add_new_points_or_box(
                 state, correction_frame, 1, points=correction[:, ::-1].copy(), labels=np.array([1, 0])
             )
-            masks.update({f: (m[0, 0] > 0).numpy() for f, _, m in sam.propagate_in_video(state)})
+            masks.update({f: (m[0, 0] > 0).cpu().numpy() for f, _, m in sam.propagate_in_video(state)})
+        synchronize()
         result["correction_s"] = time.perf_counter() - start
     else:
         session = Session(model, volume, policy=policy)
@@ -103,15 +120,19 @@ def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str) -
         start = time.perf_counter()
         session.segment_frame(0, obj, FramePrompt(click, [1]))
         masks = {r.frame: r.objects[obj].mask for r in session.propagate("forward")}
+        synchronize()
         result["first_s"] = time.perf_counter() - start
         result["rss_added_mb"] = (rss_bytes() - baseline) / 2**20
         start = time.perf_counter()
         session.segment_frame(correction_frame, obj, FramePrompt(correction, [1, 0]))
         masks.update({r.frame: r.objects[obj].mask for r in session.repropagate()})
+        synchronize()
         result["correction_s"] = time.perf_counter() - start
         result["frames_encoded"] = session.frames_encoded
     result["s_per_frame"] = result["first_s"] / frames
     result["peak_rss_mb"] = peak_rss_bytes() / 2**20
+    if cuda:
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     result["foreground_fraction"] = float(np.mean([m.mean() for m in masks.values()]))
     return result
 
@@ -120,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--policies", nargs="+", default=["stock"], help="memory policies of our engine to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     parser.add_argument("--rows", type=Path, help="only write the report from the JSON lines a run printed")
@@ -127,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         impl, frames, checkpoint, policy = args.child
-        print(json.dumps(run_child(impl, int(frames), args.size, checkpoint, policy)))
+        print(json.dumps(run_child(impl, int(frames), args.size, checkpoint, policy, args.device)))
         return
 
     if args.rows:
@@ -143,7 +165,10 @@ def main() -> None:
     rows = []
     for frames in args.frames:
         for impl, policy in [("stock", "stock"), *[("ours", p) for p in args.policies]]:
-            command = [sys.executable, __file__, "--size", str(args.size), "--child", impl, str(frames), str(checkpoint), policy]
+            command = [
+                sys.executable, __file__, "--size", str(args.size), "--device", args.device,
+                "--child", impl, str(frames), str(checkpoint), policy,
+            ]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             row = json.loads(output.strip().splitlines()[-1])
             print(json.dumps(row), flush=True)
@@ -154,15 +179,17 @@ def main() -> None:
 def write_report(rows: list[dict], args) -> None:
     import torch
 
+    gpu = "peak_gpu_mb" in rows[0]
     lines = [
         "# Benchmarks",
         "",
         "Stock `SAM2VideoPredictor` (sam2 1.1.0) and our engine, side by side in one run of",
         f"`python benchmarks/bench_engine.py --frames {' '.join(map(str, args.frames))} --size {args.size}"
-        f" --policies {' '.join(args.policies)}`",
-        f"on {platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores, torch {torch.__version__},"
-        f" SAM 2.1 tiny with random weights at {args.size} px, float32, synthetic {FRAME_SHAPE[0]}x{FRAME_SHAPE[1]}"
-        " volume (an ellipse drifting through the frames).",
+        f" --policies {' '.join(args.policies)}" + (f" --device {args.device}`" if args.device != "cpu" else "`"),
+        f"on {rows[0]['device'] if rows[0]['device'] != 'cpu' else platform.processor() or platform.machine()}"
+        f" with {os.cpu_count()} CPU cores, torch {torch.__version__},"
+        f" SAM 2.1 tiny with random weights at {args.size} px, {rows[0]['dtype']}, synthetic"
+        f" {FRAME_SHAPE[0]}x{FRAME_SHAPE[1]} volume (an ellipse drifting through the frames).",
         "",
         "Scenario: one click on frame 0, forward propagation through all N frames (\"first\"), then a",
         "correction click (one positive, one negative point) on frame N/2 and the re-propagation the user",
@@ -172,8 +199,9 @@ def write_report(rows: list[dict], args) -> None:
         "i.e. what each extra frame costs (our embedding cache is bounded, 256 MiB by default, so it does not",
         "grow with N). Each row is a fresh process.",
         "",
-        "| implementation | N | s/frame (first) | first total (s) | correction re-run (s) | peak RSS (MiB) | RSS added (MiB) | growth per frame (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| implementation | N | s/frame (first) | first total (s) | correction re-run (s) | peak RSS (MiB) | RSS added (MiB) | growth per frame (MiB) |"
+        + (" peak GPU memory (MiB) |" if gpu else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""),
     ]
     for row in rows:
         previous = [r for r in rows if r["impl"] == row["impl"] and r["frames"] < row["frames"]]
@@ -184,6 +212,7 @@ def write_report(rows: list[dict], args) -> None:
         lines.append(
             f"| {row['impl']} | {row['frames']} | {row['s_per_frame']:.3f} | {row['first_s']:.1f} | "
             f"{row['correction_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['rss_added_mb']:.0f} | {row['growth']:.3f} |"
+            + (f" {row['peak_gpu_mb']:.0f} |" if gpu else "")
         )
     lines += ["", "Ratios (stock / ours) per N:", ""]
     for frames in args.frames:
@@ -194,28 +223,32 @@ def write_report(rows: list[dict], args) -> None:
                 f"correction re-run {stock['correction_s'] / ours['correction_s']:.1f}x faster; "
                 f"growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller"
             )
-    lines += [
-        "",
-        "## Reading the figures",
-        "",
-        "- First propagation: the engine performs the stock predictor's operations (the oracle test checks",
-        "  the masks are bit-identical), so its speed is stock's; frames are read and preprocessed lazily",
-        "  instead of all up front.",
-        "- Correction: the re-run touches only the frames after the corrected one (half the volume here) and",
-        "  reuses their cached image embeddings. What remains per frame is memory attention, the mask decoder",
-        "  and the memory encoder: profiling (cProfile on `Session.repropagate`, 512 px) puts memory attention",
-        "  at about 85 % of it, ~0.17 s a frame on these 2 cores, against ~0.45 s for a full stock frame.",
-        "  The speed-up is therefore bounded by about 2 x 0.45 / 0.17, i.e. 5x, for a correction in the middle",
-        "  of a volume propagated from its first slice; corrections nearer the end, or volumes propagated both",
-        "  ways from a middle prompt, re-run fewer frames.",
-        "- Memory: per frame and object the engine keeps 0.2 MiB at 512 px (bf16 memory features 128 KiB,",
-        "  low-res logits 64 KiB, pointer and fingerprint), against stock's 3 MiB float32 frame tensor plus its",
-        "  outputs. After each frame it hands freed heap memory back to the OS (`malloc_trim`): without it,",
-        "  glibc kept the freed activations and RSS grew ~2 MiB a frame although live tensors grew 0.2 MiB.",
-        "  The embedding cache adds a bounded 256 MiB in memory (spilling to a temporary folder beyond).",
-    ]
+    if not gpu:
+        lines += CPU_READING
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+
+
+CPU_READING = [
+    "",
+    "## Reading the figures",
+    "",
+    "- First propagation: the engine performs the stock predictor's operations (the oracle test checks",
+    "  the masks are bit-identical), so its speed is stock's; frames are read and preprocessed lazily",
+    "  instead of all up front.",
+    "- Correction: the re-run touches only the frames after the corrected one (half the volume here) and",
+    "  reuses their cached image embeddings. What remains per frame is memory attention, the mask decoder",
+    "  and the memory encoder: profiling (cProfile on `Session.repropagate`, 512 px) puts memory attention",
+    "  at about 85 % of it, ~0.17 s a frame on these 2 cores, against ~0.45 s for a full stock frame.",
+    "  The speed-up is therefore bounded by about 2 x 0.45 / 0.17, i.e. 5x, for a correction in the middle",
+    "  of a volume propagated from its first slice; corrections nearer the end, or volumes propagated both",
+    "  ways from a middle prompt, re-run fewer frames.",
+    "- Memory: per frame and object the engine keeps 0.2 MiB at 512 px (bf16 memory features 128 KiB,",
+    "  low-res logits 64 KiB, pointer and fingerprint), against stock's 3 MiB float32 frame tensor plus its",
+    "  outputs. After each frame it hands freed heap memory back to the OS (`malloc_trim`): without it,",
+    "  glibc kept the freed activations and RSS grew ~2 MiB a frame although live tensors grew 0.2 MiB.",
+    "  The embedding cache adds a bounded 256 MiB in memory (spilling to a temporary folder beyond).",
+]
 
 
 if __name__ == "__main__":
