@@ -81,6 +81,7 @@ class MemoryInspector(QWidget):
         self.table.setSortingEnabled(True)
         self.table.verticalHeader().setVisible(False)
         self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.table.setMinimumHeight(180)
 
         self.pin_button = QPushButton("Pin")
         self.pin_button.setToolTip("Always use the selected entries as memory for their object")
@@ -341,5 +342,8 @@ class MemoryInspector(QWidget):
         self.repropagate_button.setEnabled(bool(stale))
         for widget in (self.least_confident_button, self.apply_policy_button, self.policy_choice):
             widget.setEnabled(has_session)
+        hint = "Segment something first: the entries appear here as slices are segmented."
         if not has_session:
-            self._say("Segment something first: the entries appear here as slices are segmented.")
+            self._say(hint)
+        elif self.status.text() == hint:
+            self._say(self._stale_message())

@@ -606,6 +606,7 @@ class SegmentationPanel(QWidget):
         self.cancel_button.setEnabled(busy)
         self.progress.setVisible(busy)
         self.undo_button.setEnabled(has_session and not busy and self.labels.can_undo)
+        self.undo_button.setText(f"Undo {self.labels.undo_description}" if has_session and self.labels.can_undo else "Undo")
         self.redo_button.setEnabled(has_session and not busy and self.labels.can_redo)
         edited = sorted(self._skipped_edited)
         self.overwrite_button.setVisible(bool(edited) and not busy)

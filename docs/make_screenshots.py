@@ -1,0 +1,84 @@
+"""Take the screenshots in docs/screenshots/ from a real napari window (run under Xvfb).
+
+    xvfb-run -a .venv/bin/python docs/make_screenshots.py
+
+A random-weight SAM 2.1 tiny (nothing to download) segments the synthetic sample: one click on
+the middle slice, propagation both ways, a pinned and an evicted memory in the inspector. The
+masks of a random-weight model are not meaningful; the panels and the workflow are what is shown.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "screenshots"
+
+
+def wait_until(condition, app, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.monotonic() > deadline:
+            raise TimeoutError("the panel did not finish in time")
+
+
+def main() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_samed2 import load_model
+    from napari_samed2.__main__ import PLUGIN
+    from napari_samed2.engine import EntryStatus
+    from napari_samed2.models.random_weights import save_random_checkpoint
+
+    OUT.mkdir(exist_ok=True)
+    checkpoint = save_random_checkpoint(Path(tempfile.mkdtemp()) / "random.pt", "sam2.1-tiny", image_size=256)
+    viewer = napari.Viewer(title="napari-samed2")
+    viewer.window._qt_window.resize(1700, 1150)
+    viewer.open_sample(PLUGIN, "synthetic_mr")
+    _, model_panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Segmentation")
+    _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Memory bank inspector")
+    app = QApplication.instance()
+
+    model_panel.checkpoint_path.setText(str(checkpoint))
+    model_panel.device_choice.setCurrentText("cpu")
+    model = load_model(checkpoint, device="cpu", image_size=256)
+    model_panel._on_loaded(model)
+    panel.image_choice.value = viewer.layers["synthetic MR"]
+    panel.start()
+    image = panel.state.image_layer
+    frame = image.data.shape[0] // 2
+    truth = viewer.layers["synthetic MR labels"]
+    rows, cols = np.nonzero(np.asarray(truth.data[frame]) == 1)
+    truth.visible = False
+    panel.points_layer.add(panel.points_layer.world_to_data(image.data_to_world([frame, rows.mean(), cols.mean()])))
+    wait_until(lambda: not panel.busy, app)
+    panel.propagate()
+    wait_until(lambda: not panel.busy, app)
+    entries = [e for e in panel.session.memory_entries(1) if not e.conditioning]
+    for frame, status in ((entries[len(entries) // 3].frame, EntryStatus.PINNED),
+                          (min(entries, key=lambda e: e.confidence).frame, EntryStatus.EVICTED)):
+        row = next(r for r in range(inspector.table.rowCount()) if inspector._entry_at(r).frame == frame)
+        inspector.table.clearSelection()
+        inspector.table.selectRow(row)
+        inspector.set_status(status)
+    viewer.dims.set_point(0, image.data_to_world([frame, 0, 0])[0])
+    for _ in range(50):
+        app.processEvents()
+        time.sleep(0.02)
+
+    viewer.window._qt_window.grab().save(str(OUT / "main_window.png"))
+    for widget, name in ((model_panel, "model_panel"), (panel, "segmentation_panel"), (inspector, "memory_inspector")):
+        widget.grab().save(str(OUT / f"{name}.png"))
+    print(f"wrote screenshots to {OUT}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
