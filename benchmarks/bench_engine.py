@@ -248,6 +248,8 @@ CPU_READING = [
     "  outputs. After each frame it hands freed heap memory back to the OS (`malloc_trim`): without it,",
     "  glibc kept the freed activations and RSS grew ~2 MiB a frame although live tensors grew 0.2 MiB.",
     "  The embedding cache adds a bounded 256 MiB in memory (spilling to a temporary folder beyond).",
+    "- On a GPU: [benchmarks_cuda.md](benchmarks_cuda.md), from the same script with `--device cuda`",
+    "  (bf16 autocast for both, a warm-up outside the timings).",
 ]
 
 

@@ -207,3 +207,37 @@ def test_repropagate_request_from_the_inspector_runs_here(panel, qtbot):
         panel.state.repropagate_requested.emit()
     assert signal.args[0].startswith("Re-propagate")
     assert not panel.session.stale[1]
+
+
+def test_rgb_video_is_segmented_frame_by_frame(make_napari_viewer, tiny_model, qtbot):
+    grey = (np.clip(_volume(frames=5), 0, 1) * 255).astype(np.uint8)
+    video = np.stack([grey, grey // 2, grey], axis=-1)  # (T, Y, X, 3)
+    viewer = make_napari_viewer()
+    viewer.add_image(video, rgb=True, name="video")
+    shared_state(viewer).set_model(tiny_model)
+    panel = SegmentationPanel(viewer)
+    assert panel.axis_choice.value() == 0  # time
+    assert panel.start()
+    assert panel.session.volume.rgb and panel.output_layer.data.shape == (5, 64, 64)
+    _run(panel, qtbot, _click, panel, 1, 31, 32)
+    _run(panel, qtbot, panel.propagate)
+    assert sorted(panel.session.memories[1].entries) == list(range(5))
+    np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
+
+
+def test_4d_image_is_segmented_at_the_time_point_on_screen(make_napari_viewer, tiny_model, qtbot):
+    series = np.stack([_volume(frames=6), _volume(frames=6)[:, ::-1]])  # (T, Z, Y, X)
+    viewer = make_napari_viewer()
+    viewer.add_image(series, name="4d")
+    viewer.dims.set_current_step(0, 1)
+    shared_state(viewer).set_model(tiny_model)
+    panel = SegmentationPanel(viewer)
+    assert panel.axis_choice.value() == 1  # Z, the last axis not on screen
+    assert panel.start()
+    assert panel.session.volume.fixed == {0: 1}
+    world = panel.state.image_layer.data_to_world([1, 2, 30, 33])
+    _run(panel, qtbot, panel.points_layer.add, panel.points_layer.world_to_data(world))
+    np.testing.assert_allclose(panel.session.prompts[1][2].points, [[30, 33]], atol=1e-4)
+    np.testing.assert_array_equal(panel.output_layer.data[1, 2], panel.session.result(2).labels((64, 64)))
+    assert not panel.output_layer.data[0].any()  # the other time point is untouched
+    np.testing.assert_array_equal(panel.session.volume.raw_frame(2), series[1, 2])

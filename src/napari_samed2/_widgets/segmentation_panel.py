@@ -236,7 +236,8 @@ class SegmentationPanel(QWidget):
             return self._say("Load a model in the Model panel first.")
         if image is None:
             return self._say("Open an image first (File > Open, or File > Open Sample > SAMed-2).")
-        self.cancel()
+        if self.busy:
+            return self._say("Wait for the running job to end (or Cancel it) before starting a new segmentation.")
         axis = self.axis_choice.value()
         try:
             volume = Volume(image.data, axis, rgb=image.rgb, fixed=self._fixed_indices(image, axis))
@@ -316,8 +317,7 @@ class SegmentationPanel(QWidget):
         object_id = object_id if object_id is not None else self.current_object
         if self.session is None or object_id is None:
             return
-        if self.busy:
-            self._say("Wait for the running job to end (or Cancel it) before deleting an object.")
+        if self._refuse_while_busy():
             return
         with self.session.lock:
             self.session.remove_object(object_id)
@@ -364,16 +364,20 @@ class SegmentationPanel(QWidget):
         keys = set(drawn) | set(self._layer_prompts)
         return {k: drawn.get(k) for k in keys if not _same_prompt(drawn.get(k), self._layer_prompts.get(k))}
 
-    def apply_prompts(self) -> None:
-        """Segment every slice whose prompts changed (in a worker); results go to the output."""
+    def _checked_changes(self) -> dict | None:
+        """:meth:`pending_prompt_changes`, or ``None`` with the reason in the status line."""
         if self.session is None:
             self._say("Press New segmentation first.")
-            return
+            return None
         try:
-            changes = self.pending_prompt_changes()
+            return self.pending_prompt_changes()
         except _USER_ERRORS as exc:
             self._say(str(exc))
-            return
+            return None
+
+    def apply_prompts(self) -> None:
+        """Segment every slice whose prompts changed (in a worker); results go to the output."""
+        changes = self._checked_changes()
         if changes:
             self._submit("segment", self._segment_changes, self._take(changes), total=len(changes))
 
@@ -436,13 +440,8 @@ class SegmentationPanel(QWidget):
     # propagation -------------------------------------------------------------------------
     def propagate(self) -> None:
         """Apply changed prompts, then propagate in the chosen direction and range."""
-        if self.session is None:
-            self._say("Press New segmentation first.")
-            return
-        try:
-            changes = self.pending_prompt_changes()
-        except _USER_ERRORS as exc:
-            self._say(str(exc))
+        changes = self._checked_changes()
+        if changes is None:
             return
         direction = self.direction_choice.currentText()
         limits = (self.first_slice.value(), self.last_slice.value()) if self.limit_range.isChecked() else None
@@ -556,17 +555,22 @@ class SegmentationPanel(QWidget):
 
     # output ------------------------------------------------------------------------------
     def undo(self) -> None:
-        if self.labels is None or self.busy:
+        if self.labels is None or self._refuse_while_busy():
             return
         description = self.labels.undo_description
         report = self.labels.undo()
         self._after_history(f"Undid {description}", report)
 
     def redo(self) -> None:
-        if self.labels is None or self.busy:
+        if self.labels is None or self._refuse_while_busy():
             return
         report = self.labels.redo()
         self._after_history("Redid", report)
+
+    def _refuse_while_busy(self) -> bool:
+        if self.busy:
+            self._say("Wait for the running job to end (or Cancel it) first.")
+        return self.busy
 
     def _after_history(self, what: str, report) -> None:
         message = f"{what}: {len(report.written)} slices."

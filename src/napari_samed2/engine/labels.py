@@ -176,21 +176,18 @@ class LabelVolume:
     def undo(self) -> WriteReport:
         """Put back the frames of the last step. A frame changed by hand since that step is
         left as it is (reported), so undo never loses the user's own painting."""
-        self.end()
-        if not self._undo:
-            return WriteReport([], [])
-        edit = self._undo.pop()
-        report = self._swap(edit, forward=False)
-        self._redo.append(edit)
-        return report
+        return self._move(self._undo, self._redo, forward=False)
 
     def redo(self) -> WriteReport:
+        return self._move(self._redo, self._undo, forward=True)
+
+    def _move(self, source: list[LabelEdit], target: list[LabelEdit], forward: bool) -> WriteReport:
         self.end()
-        if not self._redo:
+        if not source:
             return WriteReport([], [])
-        edit = self._redo.pop()
-        report = self._swap(edit, forward=True)
-        self._undo.append(edit)
+        edit = source.pop()
+        report = self._swap(edit, forward)
+        target.append(edit)
         return report
 
     def _swap(self, edit: LabelEdit, forward: bool) -> WriteReport:
