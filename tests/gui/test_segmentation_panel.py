@@ -241,3 +241,16 @@ def test_4d_image_is_segmented_at_the_time_point_on_screen(make_napari_viewer, t
     np.testing.assert_array_equal(panel.output_layer.data[1, 2], panel.session.result(2).labels((64, 64)))
     assert not panel.output_layer.data[0].any()  # the other time point is untouched
     np.testing.assert_array_equal(panel.session.volume.raw_frame(2), series[1, 2])
+
+
+def test_clicks_from_a_points_layer_the_user_made_with_its_own_transform(panel, qtbot):
+    pixel = np.array([5, 40, 24])
+    world = np.asarray(panel.state.image_layer.data_to_world(pixel))
+    own = panel.viewer.add_points(np.empty((0, 3)), ndim=3, scale=(1.5, 2.0, 2.0), translate=(3.0, 1.0, -1.0))
+    panel.points_choice.reset_choices()
+    panel.points_choice.value = own
+    assert panel.points_layer is own and list(own.features.columns) == ["object", "positive"]
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS):
+        own.add(own.world_to_data(world))
+    np.testing.assert_allclose(panel.session.prompts[1][5].points, [pixel[1:]], atol=1e-4)
+    np.testing.assert_array_equal(panel.output_layer.data[5], panel.session.result(5).labels((64, 64)))

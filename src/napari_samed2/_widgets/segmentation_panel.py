@@ -101,6 +101,10 @@ class SegmentationPanel(QWidget):
         self.live_mode = QCheckBox("Live: segment the slice on each click")
         self.live_mode.setChecked(True)
         self.mask_choice = ComboBox(choices=self._labels_layers, nullable=False)
+        self.points_choice = ComboBox(choices=lambda _w: self._layers_of("Points"), nullable=False)
+        self.points_choice.changed.connect(self.use_prompt_layer)
+        self.shapes_choice = ComboBox(choices=lambda _w: self._layers_of("Shapes"), nullable=False)
+        self.shapes_choice.changed.connect(self.use_prompt_layer)
         self.use_mask_button = QPushButton("Use mask on this slice")
         self.use_mask_button.setToolTip(
             "Take the selected object's pixels on the current slice of this Labels layer (e.g. the "
@@ -155,6 +159,8 @@ class SegmentationPanel(QWidget):
         for widget in (self.object_choice, self.add_object_button, self.delete_object_button):
             row.addWidget(widget)
         form.addRow("Object", row)
+        form.addRow("Clicks layer", self.points_choice.native)
+        form.addRow("Boxes layer", self.shapes_choice.native)
         form.addRow("Clicks", self.polarity_button)
         form.addRow(self.live_mode)
         row = QHBoxLayout()
@@ -187,19 +193,25 @@ class SegmentationPanel(QWidget):
         layout.addStretch()
 
     # layer choices -----------------------------------------------------------------------
-    def _image_layers(self, _widget=None) -> list:
-        from napari.layers import Image
+    def _layers_of(self, kind: str) -> list:
+        """``(name, layer)`` choices of the viewer's layers of a napari layer class."""
+        import napari.layers
 
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)] if self.viewer else []
+        cls = getattr(napari.layers, kind)
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, cls)] if self.viewer else []
+
+    def _image_layers(self, _widget=None) -> list:
+        return self._layers_of("Image")
 
     def _labels_layers(self, _widget=None) -> list:
-        from napari.layers import Labels
-
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)] if self.viewer else []
+        return self._layers_of("Labels")
 
     def _layers_changed(self, _event=None) -> None:
         self.image_choice.reset_choices()
         self.mask_choice.reset_choices()
+        for choice in (self.points_choice, self.shapes_choice):  # switched only by the user
+            with choice.changed.blocked():
+                choice.reset_choices()
         self._update_buttons()
 
     def _layer_removed(self, event) -> None:
@@ -250,18 +262,15 @@ class SegmentationPanel(QWidget):
         self.output_layer = self.viewer.add_labels(
             np.zeros(spatial_shape, np.uint16), name=f"{image.name} SAM labels", **where
         )
-        self.shapes_layer = self.viewer.add_shapes(
+        shapes = self.viewer.add_shapes(
             ndim=len(spatial_shape), name=f"{image.name} SAM boxes", face_color="transparent",
-            edge_color="yellow", edge_width=2, features=pd.DataFrame({"object": pd.Series(dtype=int)}), **where,
+            edge_color="yellow", edge_width=2, **where,
         )
-        self.points_layer = self.viewer.add_points(
+        points = self.viewer.add_points(
             ndim=len(spatial_shape), name=f"{image.name} SAM clicks", size=max(3, min(volume.frame_shape) // 40),
-            features=pd.DataFrame({"object": pd.Series(dtype=int), "positive": pd.Series(dtype=bool)}), **where,
+            **where,
         )
         self._muted = False
-        self.points_layer.bind_key("t", lambda _layer: self.polarity_button.toggle(), overwrite=True)
-        for layer in (self.points_layer, self.shapes_layer):
-            layer.events.data.connect(self._prompts_edited)
         self.session, self.labels = session, LabelVolume(self.output_layer.data, volume)
         self._layer_prompts.clear()
         self._skipped_edited.clear()
@@ -271,9 +280,13 @@ class SegmentationPanel(QWidget):
         self.object_choice.clear()
         self.state.set_session(session, image_layer=image, axis=axis)
         self.add_object()
-        self.mask_choice.reset_choices()
-        self.mask_choice.value = self.output_layer
-        self._polarity_changed(self.polarity_button.isChecked())
+        for choice, layer in ((self.mask_choice, self.output_layer), (self.points_choice, points),
+                              (self.shapes_choice, shapes)):
+            with choice.changed.blocked():
+                choice.reset_choices()
+                choice.value = layer
+        self.use_prompt_layer(shapes)
+        self.use_prompt_layer(points)
         self.viewer.layers.selection.active = self.points_layer
         self.points_layer.mode = "add"
         return self._say(
@@ -343,6 +356,39 @@ class SegmentationPanel(QWidget):
                 layer.feature_defaults = {**layer.feature_defaults.iloc[0].to_dict(), "object": object_id}
         if self.output_layer is not None:
             self.output_layer.selected_label = object_id
+
+    def use_prompt_layer(self, layer) -> None:
+        """Take clicks (a Points layer) or boxes (a Shapes layer) from ``layer``, e.g. one the
+        user made, with its own scale and translate. What it already holds counts as positive
+        prompts of the selected object; its ``object``/``positive`` features say otherwise."""
+        from napari.layers import Points
+
+        if layer is None or self.session is None:
+            return
+        is_points = isinstance(layer, Points)
+        old = self.points_layer if is_points else self.shapes_layer
+        if old is layer:
+            return
+        if old is not None:
+            old.events.data.disconnect(self._prompts_edited)
+        features = layer.features.copy()
+        defaults = {"object": self.current_object or 1, **({"positive": True} if is_points else {})}
+        for name, value in defaults.items():
+            if name not in features:
+                features[name] = pd.Series([value] * len(layer.data), dtype=type(value), index=features.index)
+        self._muted = True
+        layer.features = features
+        self._muted = False
+        if is_points:
+            self.points_layer = layer
+            layer.bind_key("t", lambda _layer: self.polarity_button.toggle(), overwrite=True)
+            self._polarity_changed(self.polarity_button.isChecked())
+        else:
+            self.shapes_layer = layer
+            self._object_selected(self.object_choice.currentIndex())
+        layer.events.data.connect(self._prompts_edited)
+        if len(layer.data) and self.live_mode.isChecked():
+            self.apply_prompts()
 
     def _polarity_changed(self, negative: bool) -> None:
         self.polarity_button.setText("Negative (T)" if negative else "Positive (T)")
