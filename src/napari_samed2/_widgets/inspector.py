@@ -260,7 +260,7 @@ class MemoryInspector(QWidget):
             unconfident = entry.confidence < low
             for column, cell in enumerate(cells):
                 if unconfident:
-                    cell.setBackground(LOW_CONFIDENCE_BRUSH)
+                    pass
                     cell.setToolTip(f"confidence {entry.confidence:.3f} is below {low:.3f}")
                 self.table.setItem(row, column, cell)
         self.table.setSortingEnabled(True)  # re-sorts by the header's current column
