@@ -77,6 +77,7 @@ class MemoryLibrary:
 
     def retrieve(self, descriptor: torch.Tensor, k: int) -> list[tuple[int, float]]:
         """The ``k`` best ``(index, score)`` pairs for an image fingerprint, best first."""
+        descriptor = descriptor.cpu()
         scored = [(i, retrieval_score(descriptor, e)) for i, e in enumerate(self.entries)]
         return sorted(scored, key=lambda pair: -pair[1])[:k]
 

@@ -46,8 +46,9 @@ def confidence_of(predicted_iou: float, object_score: float) -> float:
 def image_descriptor(image_embedding: torch.Tensor) -> torch.Tensor:
     """A small fingerprint of a frame's image embedding (``[1, C, H, W]``) for similarity
     ranking: 4x4 average-pooled, flattened, float16 (8 KiB), where SAMed-2 keeps the full
-    256x64x64 embedding (4 MiB) per entry."""
-    return F.adaptive_avg_pool2d(image_embedding.float(), 4).flatten().to(torch.float16).cpu()
+    256x64x64 embedding (4 MiB) per entry. It stays on the embedding's device: the engine
+    brings it to the CPU with the step's other numbers, in one transfer."""
+    return F.adaptive_avg_pool2d(image_embedding.float(), 4).flatten().to(torch.float16)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -215,6 +216,8 @@ class ConfidencePolicy:
         return entry.predicted_iou >= self.min_iou and entry.object_score > self.min_object_score
 
     def view(self, memory, frame, reverse, sam, descriptor=None) -> MemoryView:
+        if descriptor is not None:
+            descriptor = descriptor.cpu()  # once, not once per candidate
         cond = _conditioning(memory)
         earlier = (lambda f: f > frame) if reverse else (lambda f: f < frame)
         candidates = [

@@ -373,17 +373,21 @@ class Session:
         if maskmem is not None:
             self._remember_pos_enc(current_out["maskmem_pos_enc"])
             maskmem = maskmem.to(torch.bfloat16)
+        # One device-to-host transfer for the numbers the bank keeps on the CPU: each
+        # transfer waits for the GPU, and stock sam2 waits once a frame.
+        summary = torch.cat([ious.float().max().reshape(1), object_score.float().max().reshape(1),
+                             descriptor.float()]).cpu()
         return MemoryEntry(
             object_id=memory.object_id,
             frame=frame,
             conditioning=conditioning,
             reverse=reverse,
-            predicted_iou=float(ious.float().max()),
-            object_score=float(object_score.float().max()),
+            predicted_iou=float(summary[0]),
+            object_score=float(summary[1]),
             low_res_logits=low_res.float(),
             obj_ptr=obj_ptr,
             maskmem_features=maskmem,
-            descriptor=descriptor,
+            descriptor=summary[2:].to(torch.float16),
         )
 
     def _retrieve(self, memory: ObjectMemory, descriptor: torch.Tensor, feat_size) -> tuple | None:
@@ -644,9 +648,10 @@ class Session:
                     object_id=object_id, frame=row["frame"], conditioning=row["conditioning"],
                     reverse=row["reverse"], predicted_iou=row["predicted_iou"], object_score=row["object_score"],
                     status=EntryStatus(row["status"]),
+                    descriptor=tensors.get(f"{prefix}.descriptor"),  # fingerprints live on the CPU
                     **{
                         name: tensors[f"{prefix}.{name}"].to(model.device) if f"{prefix}.{name}" in tensors else None
-                        for name in ("maskmem_features", "low_res_logits", "obj_ptr", "descriptor")
+                        for name in ("maskmem_features", "low_res_logits", "obj_ptr")
                     },
                 )
             for frame, prompt in saved["prompts"].items():
