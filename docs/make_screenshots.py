@@ -33,7 +33,6 @@ def main() -> None:
 
     from napari_samed2 import load_model
     from napari_samed2.__main__ import PLUGIN
-    from napari_samed2.engine import EntryStatus
     from napari_samed2.models.random_weights import save_random_checkpoint
 
     OUT.mkdir(exist_ok=True)
@@ -62,12 +61,10 @@ def main() -> None:
     panel.propagate()
     wait_until(lambda: not panel.busy, app)
     entries = [e for e in panel.session.memory_entries(1) if not e.conditioning]
-    for frame, status in ((entries[len(entries) // 3].frame, EntryStatus.PINNED),
-                          (min(entries, key=lambda e: e.confidence).frame, EntryStatus.EVICTED)):
-        row = next(r for r in range(inspector.table.rowCount()) if inspector._entry_at(r).frame == frame)
-        inspector.table.clearSelection()
-        inspector.table.selectRow(row)
-        inspector.set_status(status)
+    inspector.select_entry(1, min(entries, key=lambda e: e.confidence).frame)
+    inspector.evict_selected()
+    inspector.select_entry(1, entries[len(entries) // 3].frame)
+    inspector.pin_selected()
     viewer.dims.set_point(0, image.data_to_world([frame, 0, 0])[0])
     for _ in range(50):
         app.processEvents()

@@ -107,6 +107,8 @@ class MemoryInspector(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setSortingEnabled(True)
+        # by object, then (the sort is stable) in the engine's slice order
+        self.table.sortByColumn(COLUMNS.index("object"), Qt.SortOrder.AscendingOrder)
         self.table.setMinimumHeight(160)
         self.table.cellClicked.connect(lambda row, _column: self._row_activated(row))
         self.table.currentCellChanged.connect(self._current_cell_changed)
@@ -260,7 +262,7 @@ class MemoryInspector(QWidget):
             unconfident = entry.confidence < low
             for column, cell in enumerate(cells):
                 if unconfident:
-                    pass
+                    cell.setBackground(LOW_CONFIDENCE_BRUSH)
                     cell.setToolTip(f"confidence {entry.confidence:.3f} is below {low:.3f}")
                 self.table.setItem(row, column, cell)
         self.table.setSortingEnabled(True)  # re-sorts by the header's current column
@@ -455,7 +457,7 @@ class MemoryInspector(QWidget):
         if by_object:
             axes.axhline(low, color="tab:red", linewidth=0.8, linestyle="--")
             if len(by_object) > 1:
-                axes.legend(fontsize=7, loc="lower left")
+                axes.legend(fontsize=7, loc="best", framealpha=0.6)
         axes.set_title("red: below threshold, blue ring: pinned, x: evicted", fontsize=8)
         axes.set_xlabel("slice", fontsize=8)
         axes.set_ylabel("confidence", fontsize=8)
