@@ -10,7 +10,8 @@ stays responsive; Cancel stops after the current slice and keeps what was done.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +55,21 @@ class _Step:
     note: str = ""
 
 
+@dataclass
+class _Job:
+    """One queued piece of model work and what it has done so far."""
+
+    name: str
+    work: Callable[..., Iterator[_Step]]
+    args: tuple = ()
+    total: int = 0
+    overwrite: bool = False  # write over slices edited by hand (the user asked for this slice)
+    done: set[int] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    error: Exception | None = None
+
+
 def _same_prompt(a: FramePrompt | None, b: FramePrompt | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -77,11 +93,12 @@ class SegmentationPanel(QWidget):
         self.output_layer = self.points_layer = self.shapes_layer = None
         self._layer_prompts: dict[tuple[int, int], FramePrompt] = {}  # as last applied from the layers
         self._skipped_edited: set[int] = set()
-        self._jobs: deque = deque()
+        self._jobs: deque[_Job] = deque()
+        self._job: _Job | None = None  # the one running
         self._worker = None
         self._muted = False  # while the panel itself edits prompt layers
 
-        self.image_choice = ComboBox(choices=self._image_layers, nullable=False)
+        self.image_choice = ComboBox(choices=lambda _w: self._layers_of("Image"), nullable=False)
         self.axis_choice = QSpinBox()
         self.start_button = QPushButton("New segmentation")
         self.start_button.setToolTip("Create the prompt and output layers for this image and start with object 1")
@@ -100,7 +117,7 @@ class SegmentationPanel(QWidget):
         self.polarity_button.toggled.connect(self._polarity_changed)
         self.live_mode = QCheckBox("Live: segment the slice on each click")
         self.live_mode.setChecked(True)
-        self.mask_choice = ComboBox(choices=self._labels_layers, nullable=False)
+        self.mask_choice = ComboBox(choices=lambda _w: self._layers_of("Labels"), nullable=False)
         self.points_choice = ComboBox(choices=lambda _w: self._layers_of("Points"), nullable=False)
         self.points_choice.changed.connect(self.use_prompt_layer)
         self.shapes_choice = ComboBox(choices=lambda _w: self._layers_of("Shapes"), nullable=False)
@@ -199,12 +216,6 @@ class SegmentationPanel(QWidget):
 
         cls = getattr(napari.layers, kind)
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, cls)] if self.viewer else []
-
-    def _image_layers(self, _widget=None) -> list:
-        return self._layers_of("Image")
-
-    def _labels_layers(self, _widget=None) -> list:
-        return self._layers_of("Labels")
 
     def _layers_changed(self, _event=None) -> None:
         self.image_choice.reset_choices()
@@ -515,9 +526,9 @@ class SegmentationPanel(QWidget):
         self._submit("re-propagate", work, total=total)
 
     # jobs --------------------------------------------------------------------------------
-    def _submit(self, name: str, generator, *args, total: int = 0, overwrite: bool = False) -> None:
+    def _submit(self, name: str, work, *args, total: int = 0, overwrite: bool = False) -> None:
         """Queue a job; jobs run one after the other in a worker thread."""
-        self._jobs.append((name, generator, args, total, overwrite))
+        self._jobs.append(_Job(name, work, args, total, overwrite))
         if self._worker is None:
             self._next_job()
 
@@ -528,14 +539,13 @@ class SegmentationPanel(QWidget):
             self._worker = None
             self._update_buttons()
             return
-        name, generator, args, total, overwrite = self._jobs.popleft()
-        self._job = {"name": name, "done": set(), "cancelled": False, "error": None, "overwrite": overwrite, "notes": []}
-        self.labels.begin(name)
-        self.progress.setRange(0, max(total, 1))
+        job = self._job = self._jobs.popleft()
+        self.labels.begin(job.name)
+        self.progress.setRange(0, max(job.total, 1))
         self.progress.setValue(0)
         # connecting "errored" at creation stops napari from re-raising the error as a crash
         self._worker = create_worker(
-            generator, *args,
+            job.work, *job.args,
             _connect={
                 "yielded": self._on_result,
                 "errored": self._on_error,
@@ -547,38 +557,38 @@ class SegmentationPanel(QWidget):
 
     def _on_result(self, step: _Step) -> None:
         if step.note:
-            self._job["notes"].append(step.note)
+            self._job.notes.append(step.note)
         if self.labels is None or step.result is None:
             return
-        report = self.labels.write(step.result, overwrite=self._job["overwrite"], clear=step.cleared)
+        report = self.labels.write(step.result, overwrite=self._job.overwrite, clear=step.cleared)
         self._skipped_edited |= set(report.skipped_edited)
         self._skipped_edited -= set(report.written)
-        self._job["done"].add(step.result.frame)
-        self.progress.setValue(min(len(self._job["done"]), self.progress.maximum()))
+        self._job.done.add(step.result.frame)
+        self.progress.setValue(min(len(self._job.done), self.progress.maximum()))
         self._refresh_output()
 
     def _on_error(self, exc: Exception) -> None:
-        self._job["error"] = exc
+        self._job.error = exc
 
     def _on_aborted(self) -> None:
-        self._job["cancelled"] = True
+        self._job.cancelled = True
 
     def _on_finished(self) -> None:
         job = self._job
         if self.labels is not None:
             self.labels.end()
-        name, done = job["name"], len(job["done"])
-        if job["error"] is not None:
-            message = f"{name.capitalize()} stopped: {job['error']}"
+        name, done = job.name, len(job.done)
+        if job.error is not None:
+            message = f"{name.capitalize()} stopped: {job.error}"
             if done:
                 message += f" ({done} slices done before are kept)"
             self._jobs.clear()
-        elif job["cancelled"]:
+        elif job.cancelled:
             message = f"Cancelled {name}: the {done} slices done are kept."
             self._jobs.clear()
         else:
             message = f"{name.capitalize()}: {done} slices updated."
-        message = " ".join([*job["notes"], message])
+        message = " ".join([*job.notes, message])
         stale = sum(len(f) for f in self.session.stale.values()) if self.session is not None else 0
         if stale:
             message += f" {stale} slices are stale: Re-propagate to update them."
