@@ -254,3 +254,10 @@ def test_clicks_from_a_points_layer_the_user_made_with_its_own_transform(panel, 
         own.add(own.world_to_data(world))
     np.testing.assert_allclose(panel.session.prompts[1][5].points, [pixel[1:]], atol=1e-4)
     np.testing.assert_array_equal(panel.output_layer.data[5], panel.session.result(5).labels((64, 64)))
+
+
+def test_an_empty_mask_prompt_is_explained_and_changes_nothing(panel):
+    panel.output_layer.data[5, 10:30, 10:30] = 3  # another label: no pixel of object 1 on slice 5
+    panel.use_mask(5)
+    assert "has no pixels on slice 5" in panel.status.text()
+    assert 5 not in panel.session.prompts[1]
