@@ -93,10 +93,10 @@ def prompts_from_layers(
 def mask_from_labels(labels_layer, image_layer, volume: Volume, frame: int, object_id: int | None) -> np.ndarray:
     """The ``(H, W)`` mask of ``object_id`` (or of any label, when ``None``) on ``frame`` of a
     Labels layer that covers the image pixel for pixel."""
-    if labels_layer.data.shape != volume.shape[: len(volume.shape) - volume.rgb]:
+    if labels_layer.data.shape != volume.spatial_shape:
         raise PromptError(
             f"labels layer {labels_layer.name!r} has shape {labels_layer.data.shape}, not the image's "
-            f"{volume.shape[: len(volume.shape) - volume.rgb]}: paint the mask on a layer the size of the image"
+            f"{volume.spatial_shape}: paint the mask on a layer the size of the image"
         )
     if not np.allclose(labels_layer.scale, image_layer.scale) or not np.allclose(
         labels_layer.translate, image_layer.translate

@@ -267,7 +267,7 @@ class SegmentationPanel(QWidget):
             session = Session(model, volume)
         except _USER_ERRORS as exc:
             return self._say(f"Cannot segment {image.name!r} along axis {axis}: {exc}")
-        spatial_shape = volume.shape[:-1] if volume.rgb else volume.shape
+        spatial_shape = volume.spatial_shape
         where = {"scale": image.scale[: len(spatial_shape)], "translate": image.translate[: len(spatial_shape)]}
         self._muted = True
         self.output_layer = self.viewer.add_labels(
@@ -309,7 +309,7 @@ class SegmentationPanel(QWidget):
         """Axes that are neither the slicing axis nor on screen stay at the viewer's position."""
         offset = self.viewer.dims.ndim - image.ndim
         plane = [d - offset for d in self.viewer.dims.displayed if d >= offset]
-        position = image.world_to_data(self.viewer.dims.point[offset:])
+        position = self._position_in(image)
         return {
             d: int(np.clip(round(position[d]), 0, image.data.shape[d] - 1))
             for d in range(image.ndim) if d != axis and d not in plane
@@ -490,9 +490,11 @@ class SegmentationPanel(QWidget):
 
     def current_frame(self) -> int:
         """The slice on screen, along the session's axis."""
-        image, axis = self.state.image_layer, self.state.axis
-        offset = self.viewer.dims.ndim - image.ndim
-        return int(round(image.world_to_data(self.viewer.dims.point[offset:])[axis]))
+        return int(round(self._position_in(self.state.image_layer)[self.state.axis]))
+
+    def _position_in(self, image) -> tuple[float, ...]:
+        """The viewer's current point in ``image``'s data coordinates."""
+        return image.world_to_data(self.viewer.dims.point[self.viewer.dims.ndim - image.ndim:])
 
     # propagation -------------------------------------------------------------------------
     def propagate(self) -> None:

@@ -47,10 +47,14 @@ class EmbeddingCache:
         self.stats = CacheStats()
 
     def __contains__(self, key: str) -> bool:
-        return key in self._memory or key in self._writing or self._path(key).exists()
+        return key in self._memory or self._stored(key)
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
+
+    def _stored(self, key: str) -> bool:
+        """On disk, or on its way there."""
+        return key in self._writing or self._path(key).exists()
 
     def get(self, key: str, device: torch.device | str = "cpu") -> list[torch.Tensor] | None:
         if key in self._memory:
@@ -85,7 +89,7 @@ class EmbeddingCache:
         while self._used > self.memory_bytes and len(self._memory) > 1:
             old_key, old = self._memory.popitem(last=False)
             self._used -= _nbytes(old)
-            if old_key not in self._writing and not self._path(old_key).exists():
+            if not self._stored(old_key):
                 self._write(old_key, old)
 
     def _write(self, key: str, features: list[torch.Tensor]) -> None:
@@ -121,7 +125,7 @@ class EmbeddingCache:
     def clear_memory(self) -> None:
         """Drop the in-memory part, spilling it to disk first (for a memory-pressure handler)."""
         for key, features in self._memory.items():
-            if key not in self._writing and not self._path(key).exists():
+            if not self._stored(key):
                 self._write(key, features)
         self.flush()
         self._memory.clear()

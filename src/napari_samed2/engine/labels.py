@@ -62,9 +62,8 @@ class LabelVolume:
     """
 
     def __init__(self, data: np.ndarray, volume: Volume, *, max_undo_bytes: int = DEFAULT_UNDO_BYTES):
-        spatial = volume.shape[:-1] if volume.rgb else volume.shape
-        if tuple(data.shape) != tuple(spatial):
-            raise ValueError(f"labels of shape {tuple(data.shape)} do not match the image's {tuple(spatial)}")
+        if tuple(data.shape) != volume.spatial_shape:
+            raise ValueError(f"labels of shape {tuple(data.shape)} do not match the image's {volume.spatial_shape}")
         if not isinstance(data, np.ndarray) or not data.flags.writeable:
             raise ValueError("the output labels must be a writable numpy array (load a lazy label file into memory)")
         if not np.issubdtype(data.dtype, np.integer):

@@ -76,11 +76,15 @@ class Volume:
     def frame_shape(self) -> tuple[int, int]:
         return self.shape[self.plane_axes[0]], self.shape[self.plane_axes[1]]
 
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The array's shape without the colour axis: the shape of its label volume."""
+        return self.shape[:-1] if self.rgb else self.shape
+
     def frame_index(self, frame: int) -> tuple:
         """Where ``frame`` sits in the array's spatial axes (also indexes a label volume of
         the same spatial shape)."""
-        spatial_ndim = len(self.shape) - (1 if self.rgb else 0)
-        index: list = [slice(None)] * spatial_ndim
+        index: list = [slice(None)] * len(self.spatial_shape)
         index[self.axis] = frame
         for dim, value in self.fixed.items():
             index[dim] = value
@@ -99,7 +103,7 @@ class Volume:
             if self.rgb and np.dtype(self.data.dtype) == np.uint8:
                 self._normalise = IntensityWindow(0.0, 255.0)
             else:
-                sub = self.data[tuple(self.fixed.get(d, slice(None)) for d in range(len(self.shape) - self.rgb))]
+                sub = self.data[tuple(self.fixed.get(d, slice(None)) for d in range(len(self.spatial_shape)))]
                 self._normalise = IntensityWindow.from_percentiles(sub)
         return self._normalise
 
