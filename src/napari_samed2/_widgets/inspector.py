@@ -70,6 +70,15 @@ def slice_label(entry: MemoryEntry) -> str:
     return f"library #{-1 - entry.frame}" if entry.source is EntrySource.LIBRARY else str(entry.frame)
 
 
+def _number_box(low: float, high: float, step: float, value: float) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(low, high)
+    box.setDecimals(3)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
 def _message(exc: Exception) -> str:
     # str(KeyError("...")) keeps the quotes; the user should not see them
     return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -91,11 +100,7 @@ class MemoryInspector(QWidget):
         self.object_filter = QComboBox()
         self.object_filter.addItem(ALL, None)
         self.object_filter.currentIndexChanged.connect(lambda _index: self.refresh())
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 1.0)
-        self.threshold.setDecimals(3)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(0.5)
+        self.threshold = _number_box(0.0, 1.0, 0.05, 0.5)
         self.threshold.setToolTip("Entries less confident than this (IoU x sigmoid(object score)) are marked red")
         self.threshold.valueChanged.connect(lambda _value: self.refresh())
 
@@ -135,16 +140,8 @@ class MemoryInspector(QWidget):
             "stock: SAM-2's recent slices; confidence (SAMed-2): only slices above the thresholds"
         )
         self.policy_choice.currentTextChanged.connect(lambda _name: self._update_controls())
-        self.min_iou = QDoubleSpinBox()
-        self.min_iou.setRange(0.0, 1.0)
-        self.min_iou.setDecimals(3)
-        self.min_iou.setSingleStep(0.05)
-        self.min_iou.setValue(0.5)
-        self.min_object_score = QDoubleSpinBox()
-        self.min_object_score.setRange(-100.0, 100.0)  # a logit
-        self.min_object_score.setDecimals(3)
-        self.min_object_score.setSingleStep(0.5)
-        self.min_object_score.setValue(0.0)
+        self.min_iou = _number_box(0.0, 1.0, 0.05, 0.5)
+        self.min_object_score = _number_box(-100.0, 100.0, 0.5, 0.0)  # a logit
         self.apply_policy_button = QPushButton("Apply")
         self.apply_policy_button.clicked.connect(self.apply_policy)
 
