@@ -9,9 +9,13 @@ frame, peak RSS, RSS growth per frame and the correction time, and writes a Mark
     python benchmarks/bench_engine.py                      # 512 px, N = 16 64 256, CPU
     python benchmarks/bench_engine.py --frames 16 --size 256 --out /tmp/bench.md   # quick
     python benchmarks/bench_engine.py --device cuda --out docs/benchmarks_cuda.md  # on a GPU
+    python benchmarks/bench_engine.py --frames 64 --repeats 3 --out /tmp/bench.md   # medians
+    python benchmarks/bench_engine.py --model sam2.1-base-plus --frames 16 --out /tmp/b.md
 
-Random weights (no download here) in the real SAM 2.1 tiny architecture: speed and memory
-depend on the architecture and image size, not on the weight values.
+Random weights (no download here) in the real SAM 2.1 architectures (tiny unless ``--model``
+says otherwise): speed and memory depend on the architecture and image size, not on the
+weight values. With ``--repeats`` every (implementation, N) runs that many times, interleaved,
+and the table shows medians; the ratios show their range over the paired runs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -56,7 +61,9 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str, device: str, warm_up: bool = True) -> dict:
+def run_child(
+    impl: str, frames: int, size: int, checkpoint: str, policy: str, device: str, architecture: str, warm_up: bool = True
+) -> dict:
     import torch
 
     from napari_samed2 import load_model
@@ -65,10 +72,10 @@ def run_child(impl: str, frames: int, size: int, checkpoint: str, policy: str, d
     torch.set_num_threads(os.cpu_count() or 1)
     # "auto" precision: float32 on CPU, bf16 autocast on CUDA (how SAM-2 is run there); stock
     # runs inside the same context.
-    model = load_model(checkpoint, device=device, image_size=size)
+    model = load_model(checkpoint, architecture=architecture, device=device, image_size=size)
     cuda = model.device.type == "cuda"
     if cuda and warm_up:  # CUDA context, kernel loading and cuDNN's choices, outside the timings
-        run_child(impl, 4, size, checkpoint, policy, device, warm_up=False)
+        run_child(impl, 4, size, checkpoint, policy, device, architecture, warm_up=False)
         torch.cuda.reset_peak_memory_stats()
 
     def synchronize() -> None:
@@ -142,6 +149,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--model", default="sam2.1-tiny", help="the registry architecture to build with random weights")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each (implementation, N); medians are reported")
     parser.add_argument("--policies", nargs="+", default=["stock"], help="memory policies of our engine to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     parser.add_argument("--rows", type=Path, help="only write the report from the JSON lines a run printed")
@@ -149,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         impl, frames, checkpoint, policy = args.child
-        print(json.dumps(run_child(impl, int(frames), args.size, checkpoint, policy, args.device)))
+        print(json.dumps(run_child(impl, int(frames), args.size, checkpoint, policy, args.device, args.model)))
         return
 
     if args.rows:
@@ -159,36 +168,66 @@ def main() -> None:
 
     from napari_samed2.models.random_weights import save_random_checkpoint
 
-    checkpoint = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_random_tiny_{args.size}.pt"
+    checkpoint = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_random_{args.model}_{args.size}.pt"
     if not checkpoint.exists():
-        save_random_checkpoint(checkpoint, "sam2.1-tiny", image_size=args.size)
+        save_random_checkpoint(checkpoint, args.model, image_size=args.size)
     rows = []
     for frames in args.frames:
-        for impl, policy in [("stock", "stock"), *[("ours", p) for p in args.policies]]:
-            command = [
-                sys.executable, __file__, "--size", str(args.size), "--device", args.device,
-                "--child", impl, str(frames), str(checkpoint), policy,
-            ]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            row = json.loads(output.strip().splitlines()[-1])
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        for repeat in range(args.repeats):
+            for impl, policy in [("stock", "stock"), *[("ours", p) for p in args.policies]]:
+                command = [
+                    sys.executable, __file__, "--size", str(args.size), "--device", args.device,
+                    "--model", args.model, "--child", impl, str(frames), str(checkpoint), policy,
+                ]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                row = json.loads(output.strip().splitlines()[-1]) | {"repeat": repeat, "model": args.model}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     write_report(rows, args)
 
 
-def write_report(rows: list[dict], args) -> None:
+FIGURES = ("first_s", "s_per_frame", "correction_s", "peak_rss_mb", "rss_added_mb", "peak_gpu_mb")
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (implementation, N): the median of each figure over its repeated runs."""
+    out = []
+    for key in dict.fromkeys((r["impl"], r["frames"]) for r in rows):
+        runs = [r for r in rows if (r["impl"], r["frames"]) == key]
+        figures = {k: statistics.median(r[k] for r in runs) for k in FIGURES if k in runs[0]}
+        out.append(runs[0] | figures | {"runs": len(runs)})
+    return out
+
+
+def ratio_range(rows: list[dict], ours: dict, figure: str, digits: int) -> str:
+    """The spread of stock / ours over runs paired by repeat, when there was more than one."""
+    ratios = []
+    for run in (r for r in rows if r["impl"] == ours["impl"] and r["frames"] == ours["frames"]):
+        stock = next(r for r in rows if r["impl"] == "stock" and r["frames"] == run["frames"]
+                     and r.get("repeat", 0) == run.get("repeat", 0))
+        ratios.append(stock[figure] / run[figure])
+    return f" ({min(ratios):.{digits}f}-{max(ratios):.{digits}f}x over {len(ratios)} runs)" if len(ratios) > 1 else ""
+
+
+def write_report(runs: list[dict], args) -> None:
     import torch
 
+    from napari_samed2.models.registry import get_spec
+
+    rows = medians(runs)
     gpu = "peak_gpu_mb" in rows[0]
+    options = f" --policies {' '.join(args.policies)}"
+    options += f" --model {args.model}" if args.model != "sam2.1-tiny" else ""
+    options += f" --repeats {args.repeats}" if args.repeats > 1 else ""
+    options += f" --device {args.device}" if args.device != "cpu" else ""
     lines = [
         "# Benchmarks",
         "",
         "Stock `SAM2VideoPredictor` (sam2 1.1.0) and our engine, side by side in one run of",
-        f"`python benchmarks/bench_engine.py --frames {' '.join(map(str, args.frames))} --size {args.size}"
-        f" --policies {' '.join(args.policies)}" + (f" --device {args.device}`" if args.device != "cpu" else "`"),
+        f"`python benchmarks/bench_engine.py --frames {' '.join(map(str, args.frames))} --size {args.size}{options}`",
         f"on {rows[0]['device'] if rows[0]['device'] != 'cpu' else platform.processor() or platform.machine()}"
         f" with {os.cpu_count()} CPU cores, torch {torch.__version__},"
-        f" SAM 2.1 tiny with random weights at {args.size} px, {rows[0]['dtype']}, synthetic"
+        f" {get_spec(args.model).title} with random weights at {args.size} px, {rows[0]['dtype']}, synthetic"
         f" {FRAME_SHAPE[0]}x{FRAME_SHAPE[1]} volume (an ellipse drifting through the frames).",
         "",
         "Scenario: one click on frame 0, forward propagation through all N frames (\"first\"), then a",
@@ -197,7 +236,8 @@ def write_report(rows: list[dict], args) -> None:
         "(only the frames derived from the corrected one). \"RSS added\" is the resident memory the first",
         "propagation added (the input array excluded); \"growth per frame\" is its slope from the previous N,",
         "i.e. what each extra frame costs (our embedding cache is bounded, 256 MiB by default, so it does not",
-        "grow with N). Each row is a fresh process.",
+        "grow with N). Each run is a fresh process"
+        + (f"; each row is the median of {args.repeats} runs, interleaved with the other rows' runs." if args.repeats > 1 else "."),
         "",
         "| implementation | N | s/frame (first) | first total (s) | correction re-run (s) | peak RSS (MiB) | RSS added (MiB) | growth per frame (MiB) |"
         + (" peak GPU memory (MiB) |" if gpu else ""),
@@ -214,16 +254,17 @@ def write_report(rows: list[dict], args) -> None:
             f"{row['correction_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['rss_added_mb']:.0f} | {row['growth']:.3f} |"
             + (f" {row['peak_gpu_mb']:.0f} |" if gpu else "")
         )
-    lines += ["", "Ratios (stock / ours) per N:", ""]
+    lines += ["", "Ratios (stock / ours) per N" + (", of the medians" if args.repeats > 1 else "") + ":", ""]
     for frames in args.frames:
         stock = next(r for r in rows if r["frames"] == frames and r["impl"] == "stock")
         for ours in (r for r in rows if r["frames"] == frames and r["impl"] != "stock"):
             lines.append(
-                f"- N={frames}, {ours['impl']}: first propagation {stock['first_s'] / ours['first_s']:.2f}x, "
-                f"correction re-run {stock['correction_s'] / ours['correction_s']:.1f}x faster; "
-                f"growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller"
+                f"- N={frames}, {ours['impl']}: first propagation {stock['first_s'] / ours['first_s']:.2f}x"
+                f"{ratio_range(runs, ours, 'first_s', 2)}, correction re-run"
+                f" {stock['correction_s'] / ours['correction_s']:.1f}x faster{ratio_range(runs, ours, 'correction_s', 1)};"
+                f" growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller"
             )
-    if not gpu:
+    if not gpu and args.model == "sam2.1-tiny":
         lines += CPU_READING
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
