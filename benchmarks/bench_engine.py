@@ -131,7 +131,8 @@ def run_child(
         result["first_s"] = time.perf_counter() - start
         result["rss_added_mb"] = (rss_bytes() - baseline) / 2**20
         start = time.perf_counter()
-        session.segment_frame(correction_frame, obj, FramePrompt(correction, [1, 0]))
+        corrected = session.segment_frame(correction_frame, obj, FramePrompt(correction, [1, 0]))
+        masks[correction_frame] = corrected.objects[obj].mask  # re-run only when frames follow it
         masks.update({r.frame: r.objects[obj].mask for r in session.repropagate()})
         synchronize()
         result["correction_s"] = time.perf_counter() - start

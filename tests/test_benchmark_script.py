@@ -1,0 +1,59 @@
+"""The benchmark command still runs, and its report aggregates repeated runs honestly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_engine.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_engine", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(impl: str, repeat: int, correction_s: float, first_s: float = 2.0) -> dict:
+    return {"impl": impl, "frames": 8, "repeat": repeat, "first_s": first_s, "s_per_frame": first_s / 8,
+            "correction_s": correction_s, "peak_rss_mb": 100.0, "rss_added_mb": 10.0}
+
+
+def test_medians_and_paired_ratio_ranges():
+    bench = _load_script()
+    runs = [
+        _run("stock", 0, 10.0), _run("ours (stock)", 0, 2.0),
+        _run("stock", 1, 12.0), _run("ours (stock)", 1, 4.0),
+        _run("stock", 2, 11.0), _run("ours (stock)", 2, 2.5),
+    ]
+    rows = bench.medians(runs)
+    assert [(r["impl"], r["runs"]) for r in rows] == [("stock", 3), ("ours (stock)", 3)]
+    assert rows[0]["correction_s"] == 11.0 and rows[1]["correction_s"] == 2.5
+    # ratios pair each run of ours with stock's run of the same repeat: 10/2, 12/4, 11/2.5
+    assert bench.ratio_range(runs, rows[1], "correction_s", 1) == " (3.0-5.0x over 3 runs)"
+    assert bench.ratio_range(runs[:2], bench.medians(runs[:2])[1], "correction_s", 1) == ""
+
+
+@pytest.mark.slow
+def test_benchmark_command_runs_stock_and_ours_side_by_side(tmp_path):
+    out = tmp_path / "bench.md"
+    env = os.environ | {"TMPDIR": str(tmp_path)}
+    command = [sys.executable, str(SCRIPT), "--frames", "2", "--size", "64", "--repeats", "2", "--out", str(out)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    runs = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+    assert sorted((r["impl"], r["repeat"]) for r in runs) == [
+        ("ours (stock)", 0), ("ours (stock)", 1), ("stock", 0), ("stock", 1)
+    ]
+    assert all(r["first_s"] > 0 and r["correction_s"] > 0 for r in runs)
+    # Two frames, both prompted: the two implementations must agree on every mask.
+    assert len({r["foreground_fraction"] for r in runs}) == 1
+    report = out.read_text()
+    assert "| ours (stock) | 2 |" in report and "| stock | 2 |" in report
+    assert "over 2 runs" in report and "--repeats 2" in report
