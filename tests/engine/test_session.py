@@ -226,7 +226,7 @@ def test_a_click_during_propagation_lands_between_frames(tiny_model, array):
 def test_embeddings_in_flight_to_disk_are_served_from_memory(tmp_path):
     import torch
 
-    cache = EmbeddingCache(memory_bytes=1, directory=tmp_path)
+    cache = EmbeddingCache(memory_bytes=1, directory=tmp_path, background_writes=True)
     features = [torch.full((4, 4), float(i)) for i in range(3)]
     for i in range(3):
         cache.put(f"frame{i}", [features[i]])
@@ -236,3 +236,13 @@ def test_embeddings_in_flight_to_disk_are_served_from_memory(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"frame{i}.safetensors" for i in range(3)]
     reopened = EmbeddingCache(directory=tmp_path)
     assert torch.equal(reopened.get("frame2")[0], features[2]) and reopened.stats.disk_hits == 1
+
+
+def test_features_on_the_cpu_are_written_without_a_background_thread(tmp_path):
+    import torch
+
+    cache = EmbeddingCache(memory_bytes=1, directory=tmp_path / "cpu")
+    for i in range(2):
+        cache.put(f"frame{i}", [torch.full((4, 4), float(i))])
+    assert not cache._writing  # nothing queued: the evicted frame is on disk already
+    assert (tmp_path / "cpu" / "frame0.safetensors").exists()
