@@ -48,7 +48,7 @@ def test_a_small_memory_budget_spills_to_disk_and_still_avoids_recomputing(tiny_
 def test_persistent_cache_survives_a_new_session(tiny_model, array, tmp_path):
     first = Session(tiny_model, array, cache=EmbeddingCache(directory=tmp_path))
     first.segment_frame(3, first.add_object(), click())
-    first.cache.flush()  # disk writes run in the background; a second cache on the folder needs them done
+    first.cache.flush()  # writes of GPU features run in the background: a second cache on the folder needs them done
     again = Session(tiny_model, array.copy(), cache=EmbeddingCache(directory=tmp_path))
     again.segment_frame(3, again.add_object(), click())
     # the first frame of a session runs the encoder once for its (constant) position encodings
