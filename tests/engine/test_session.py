@@ -238,11 +238,12 @@ def test_embeddings_in_flight_to_disk_are_served_from_memory(tmp_path):
     assert torch.equal(reopened.get("frame2")[0], features[2]) and reopened.stats.disk_hits == 1
 
 
-def test_features_on_the_cpu_are_written_without_a_background_thread(tmp_path):
+def test_features_on_the_cpu_are_spilled_without_a_background_thread():
     import torch
 
-    cache = EmbeddingCache(memory_bytes=1, directory=tmp_path / "cpu")
+    cache = EmbeddingCache(memory_bytes=1)  # a temporary folder: only evicted frames go to disk
     for i in range(2):
         cache.put(f"frame{i}", [torch.full((4, 4), float(i))])
     assert not cache._writing  # nothing queued: the evicted frame is on disk already
-    assert (tmp_path / "cpu" / "frame0.safetensors").exists()
+    assert cache._path("frame0").exists() and not cache._path("frame1").exists()
+    cache.close()
