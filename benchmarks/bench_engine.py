@@ -210,6 +210,15 @@ def ratio_range(rows: list[dict], ours: dict, figure: str, digits: int) -> str:
     return f" ({min(ratios):.{digits}f}-{max(ratios):.{digits}f}x over {len(ratios)} runs)" if len(ratios) > 1 else ""
 
 
+def slope(row: dict, previous: dict, figure: str) -> float:
+    """MiB per extra frame between two frame counts."""
+    return (row[figure] - previous[figure]) / (row["frames"] - previous["frames"])
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def write_report(runs: list[dict], args) -> None:
     import torch
 
@@ -235,24 +244,24 @@ def write_report(runs: list[dict], args) -> None:
         "correction click (one positive, one negative point) on frame N/2 and the re-propagation the user",
         "runs next: stock re-runs from its first prompt (`propagate_in_video`), ours runs `Session.repropagate()`",
         "(only the frames derived from the corrected one). \"RSS added\" is the resident memory the first",
-        "propagation added (the input array excluded); \"growth per frame\" is its slope from the previous N,",
-        "i.e. what each extra frame costs (our embedding cache is bounded, 256 MiB by default, so it does not",
-        "grow with N). Each run is a fresh process"
+        "propagation added (the input array excluded); the two growth columns are the slopes of \"RSS added\"",
+        "and of peak RSS from the previous N, i.e. what each extra frame costs (none at the first N: a slope",
+        "needs two). Our embedding cache keeps at most 256 MiB in memory (the rest in a temporary folder), so",
+        "up to N = 64 its filling is part of the growth. Each run is a fresh process"
         + (f"; each row is the median of {args.repeats} runs, interleaved with the other rows' runs." if args.repeats > 1 else "."),
         "",
-        "| implementation | N | s/frame (first) | first total (s) | correction re-run (s) | peak RSS (MiB) | RSS added (MiB) | growth per frame (MiB) |"
-        + (" peak GPU memory (MiB) |" if gpu else ""),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""),
+        "| implementation | N | s/frame (first) | first total (s) | correction re-run (s) | peak RSS (MiB) | RSS added (MiB)"
+        " | growth per frame (MiB) | peak growth per frame (MiB) |" + (" peak GPU memory (MiB) |" if gpu else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""),
     ]
     for row in rows:
         previous = [r for r in rows if r["impl"] == row["impl"] and r["frames"] < row["frames"]]
-        row["growth"] = (
-            (row["rss_added_mb"] - previous[-1]["rss_added_mb"]) / (row["frames"] - previous[-1]["frames"])
-            if previous else row["rss_added_mb"] / row["frames"]
-        )
+        row["growth"] = slope(row, previous[-1], "rss_added_mb") if previous else None
+        row["peak_growth"] = slope(row, previous[-1], "peak_rss_mb") if previous else None
         lines.append(
             f"| {row['impl']} | {row['frames']} | {row['s_per_frame']:.3f} | {row['first_s']:.1f} | "
-            f"{row['correction_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['rss_added_mb']:.0f} | {row['growth']:.3f} |"
+            f"{row['correction_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['rss_added_mb']:.0f} | "
+            f"{_figure(row['growth'])} | {_figure(row['peak_growth'])} |"
             + (f" {row['peak_gpu_mb']:.0f} |" if gpu else "")
         )
     lines += ["", "Ratios (stock / ours) per N" + (", of the medians" if args.repeats > 1 else "") + ":", ""]
@@ -262,8 +271,12 @@ def write_report(runs: list[dict], args) -> None:
             lines.append(
                 f"- N={frames}, {ours['impl']}: first propagation {stock['first_s'] / ours['first_s']:.2f}x"
                 f"{ratio_range(runs, ours, 'first_s', 2)}, correction re-run"
-                f" {stock['correction_s'] / ours['correction_s']:.1f}x faster{ratio_range(runs, ours, 'correction_s', 1)};"
-                f" growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller"
+                f" {stock['correction_s'] / ours['correction_s']:.1f}x faster{ratio_range(runs, ours, 'correction_s', 1)}"
+                + (
+                    f"; growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller,"
+                    f" peak growth {stock['peak_growth'] / max(ours['peak_growth'], 1e-3):.1f}x smaller"
+                    if ours["growth"] is not None else ""
+                )
             )
     if not gpu and args.model == "sam2.1-tiny":
         lines += CPU_READING
@@ -301,6 +314,12 @@ CPU_READING = [
     "  glibc kept the freed activations and RSS grew ~2 MiB a frame although live tensors grew 0.2 MiB.",
     "  The embedding cache adds a bounded 256 MiB in memory (spilling to a temporary folder beyond), which",
     "  is what the growth per frame up to N = 64 measures; from 64 to 256 frames it is the bank alone.",
+    "  Peak RSS grows faster than RSS after the run (0.9-1.1 MiB a frame from 64 to 256, against stock's",
+    "  3.1: 2.7-3.6x, not the 10x target): between trims glibc serves big activations from a heap that",
+    "  fragments, once its dynamic mmap threshold has risen. Tried on 2026-11-23 and reverted: a fixed 16 MiB",
+    "  mmap threshold plus 32 MiB of cache in RAM on the CPU gave growth 13.9x / 10.5x and peak growth",
+    "  32x / 3.6x smaller at N = 64 / 256, but first propagation 5-7 % slower (paired fresh processes),",
+    "  so the first target would have been lost for a partial gain on this one.",
     "- On a GPU: [benchmarks_cuda.md](benchmarks_cuda.md), from the same script with `--device cuda`",
     "  (bf16 autocast for both, a warm-up outside the timings; measured before the spill fix above).",
 ]
