@@ -31,6 +31,10 @@ class VolumeError(SamEd2Error, ValueError):
     """An array that cannot be segmented as given (dimensions, axis, intensities)."""
 
 
+class LabelError(SamEd2Error, ValueError):
+    """A label volume that cannot be scored or trained on: wrong shape, empty, not integer labels."""
+
+
 class ImageFileError(SamEd2Error, OSError):
     """An image or label file that cannot be read or written: truncated, wrong format, too many axes."""
 

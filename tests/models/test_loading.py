@@ -148,3 +148,12 @@ def test_guess_architecture_from_keys(tiny_checkpoint):
     state.pop("no_obj_embed_spatial")
     assert guess_architecture(state, "x.pt") == "sam2-tiny"
     assert guess_architecture({"foo": torch.zeros(1)}) is None
+
+
+def test_empty_checkpoint_file_says_it_is_empty(tmp_path):
+    from napari_samed2.errors import CheckpointError
+
+    empty = tmp_path / "weights.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        load_model(empty, device="cpu")

@@ -44,6 +44,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path.name} is not a readable safetensors file ({exc}). The file may be "
                 "truncated: download it again."
             ) from exc
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes): the download or copy did not finish; fetch it again.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -54,15 +56,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             ) from exc
         raise CheckpointError(
             f"{path.name} holds Python objects beyond tensors, which are not loaded for safety "
-            f"({str(exc).splitlines()[0]}). Re-save it as a plain state dict: "
+            f"({_first_line(exc)}). Re-save it as a plain state dict: "
             "torch.save({'model': model.state_dict()}, path)."
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path.name} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}). "
+            f"{path.name} is not a readable PyTorch checkpoint ({_first_line(exc)}). "
             "The file may be truncated or corrupted: download it again."
         ) from exc
     return _state_dict_from(obj, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    return next(iter(str(exc).splitlines()), "") or type(exc).__name__
 
 
 def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,202 @@
+"""Evaluation cases: an image, its label volume and the voxel spacing in mm, checked up front.
+
+Every check runs before any model work, so a bad pair stops a run before it has written
+anything, with a message that names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_samed2.errors import ImageFileError, LabelError, VolumeError
+from napari_samed2.io import read_image
+from napari_samed2.io._files import NIFTI_SUFFIXES, TIFF_SUFFIXES, split_suffix
+
+ASSUMED_SPACING = (1.0, 1.0, 1.0)
+_MM_PER_UNIT = {"mm": 1.0, "µm": 1e-3, "nm": 1e-6, "cm": 10.0, "m": 1000.0}
+# Pairs in one folder: "<name>_image.nii.gz" + "<name>_label.nii.gz" (also img/seg/mask spellings).
+_IMAGE_TAG = re.compile(r"^(?P<case>.+?)[_-](image|img)$", re.IGNORECASE)
+_LABEL_TAGS = ("label", "labels", "seg", "mask", "gt")
+# ... or nnU-Net / Medical Segmentation Decathlon folders: same file names in two subfolders.
+_SUBFOLDERS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"), ("images", "labels"))
+
+
+class SpacingAssumedWarning(UserWarning):
+    """The image gave no voxel size: NSD is computed with 1 mm voxels."""
+
+
+@dataclass(frozen=True, eq=False)
+class EvalCase:
+    """One volume to evaluate: ``image`` and ``label`` of the same 3D shape, ``spacing`` in
+    mm along the arrays' axes. ``spacing_assumed`` says the source gave none (1 mm used)."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    spacing_assumed: bool = False
+
+    @property
+    def object_ids(self) -> list[int]:
+        """The label values present (objects 1..n; gaps allowed)."""
+        return [int(v) for v in np.unique(self.label) if v != 0]
+
+    @classmethod
+    def from_arrays(cls, image, label, spacing: Sequence[float] | None = None, name: str = "case") -> EvalCase:
+        assumed = spacing is None
+        if assumed:
+            warnings.warn(
+                f"{name}: no voxel spacing given; NSD assumes {ASSUMED_SPACING} mm. Pass spacing=(z, y, x) in mm.",
+                SpacingAssumedWarning, stacklevel=2,
+            )
+        case = cls(name, np.asarray(image), np.asarray(label),
+                   tuple(float(s) for s in (ASSUMED_SPACING if assumed else spacing)), assumed)
+        case.check()
+        return case
+
+    @classmethod
+    def from_files(cls, image_path: str | Path, label_path: str | Path, name: str | None = None) -> EvalCase:
+        """Read a NIfTI or TIFF pair with the plugin's readers (same orientation for both)."""
+        image, scale, unit = _read_one(image_path, "image")
+        label, _, _ = _read_one(label_path, "label")
+        name = name or _case_name(Path(image_path))
+        assumed = unit is None
+        if assumed:
+            warnings.warn(
+                f"{Path(image_path).name} gives no voxel size; NSD assumes {ASSUMED_SPACING} mm",
+                SpacingAssumedWarning, stacklevel=2,
+            )
+            spacing = ASSUMED_SPACING
+        else:
+            spacing = tuple(float(s) * _MM_PER_UNIT[unit] for s in scale)
+        case = cls(name, image, label, spacing, assumed)
+        case.check(f"{Path(image_path).name} / {Path(label_path).name}")
+        return case
+
+    def check(self, where: str | None = None) -> None:
+        """Refuse what would give meaningless numbers, before any model work."""
+        where = where or self.name
+        if self.image.ndim != 3:
+            raise VolumeError(
+                f"{where}: the image has shape {self.image.shape}; evaluation needs one 3D volume "
+                "(slices, rows, columns): take one time point or channel first"
+            )
+        if min(self.image.shape) < 1:
+            raise VolumeError(f"{where}: the image of shape {self.image.shape} has no voxels")
+        if self.label.shape != self.image.shape:
+            raise LabelError(
+                f"{where}: label shape {self.label.shape} differs from image shape {self.image.shape}; "
+                "pair each image with the label volume drawn on it"
+            )
+        if len(self.spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in self.spacing):
+            raise VolumeError(f"{where}: voxel spacing {self.spacing} must be three positive numbers (mm)")
+        if not np.issubdtype(self.image.dtype, np.number) or not np.isfinite(self.image).all():
+            raise VolumeError(f"{where}: the image holds NaN, infinite or non-numeric values; fix or mask them first")
+        label = self.label
+        if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
+            raise LabelError(
+                f"{where}: the label volume has fractional values (e.g. {label[label != np.round(label)].flat[0]}); "
+                "is it an image or a probability map? Give integer labels 0 (background), 1..n (objects)"
+            )
+        if label.dtype.kind not in "biuf" or (label.dtype.kind in "if" and label.min() < 0):
+            raise LabelError(f"{where}: label values must be integers >= 0 (0 background, 1..n objects)")
+        if not self.object_ids:
+            raise LabelError(f"{where}: the label volume is empty (all zero): there is no object to evaluate")
+        for object_id in self.object_ids:
+            inside = self.image[label == object_id]
+            if inside.min() == inside.max():
+                raise LabelError(
+                    f"{where}: object {object_id} lies where the image is uniform (value {inside.min()}): "
+                    "the image has nothing there to segment. Is this the label of another image?"
+                )
+
+
+def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
+    """Image/label pairs in ``folder``: ``imagesTr``+``labelsTr`` (or ``images``+``labels``)
+    subfolders holding the same file names, or ``<case>_image.*`` beside ``<case>_label.*``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageFileError(f"{folder} is not a folder; give IMAGE LABEL pairs or a folder of them")
+    for images, labels in _SUBFOLDERS:
+        if (folder / images).is_dir() and (folder / labels).is_dir():
+            pairs = []
+            for image in sorted(_volume_files(folder / images)):
+                label = folder / labels / _strip_channel(image.name)
+                if not label.exists():
+                    raise ImageFileError(f"{image} has no label file {label}; add it or remove the image")
+                pairs.append((image, label))
+            if pairs:
+                return pairs
+    pairs = []
+    for image in sorted(_volume_files(folder)):
+        stem, suffix = split_suffix(image)
+        match = _IMAGE_TAG.match(stem)
+        if not match:
+            continue
+        candidates = [folder / f"{match['case']}{sep}{tag}{suffix}" for tag in _LABEL_TAGS for sep in "_-"]
+        label = next((c for c in candidates if c.exists()), None)
+        if label is None:
+            raise ImageFileError(f"{image.name} has no label file beside it (e.g. {candidates[0].name})")
+        pairs.append((image, label))
+    if not pairs:
+        raise ImageFileError(
+            f"no image/label pairs in {folder}: name them <case>_image{NIFTI_SUFFIXES[0]} and "
+            f"<case>_label{NIFTI_SUFFIXES[0]}, or put them in images/ and labels/ subfolders with equal names"
+        )
+    return pairs
+
+
+def pairs_from_arguments(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """The command line's ``IMAGE LABEL [IMAGE LABEL ...]`` or folders, as pairs."""
+    pairs: list[tuple[Path, Path]] = []
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            pairs += find_pairs(path)
+        else:
+            files.append(path)
+    if len(files) % 2:
+        raise ImageFileError(
+            f"{len(files)} files were given; give them in pairs, each image followed by its label "
+            f"({files[-1].name} has no partner)"
+        )
+    pairs += list(zip(files[::2], files[1::2], strict=True))
+    if not pairs:
+        raise ImageFileError("no cases given: pass IMAGE LABEL pairs or a folder of them")
+    return pairs
+
+
+def _read_one(path: str | Path, role: str) -> tuple[np.ndarray, tuple[float, ...], str | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFileError(f"{role} file {path} does not exist; check the path")
+    layers = read_image(path)
+    if len(layers) != 1:
+        raise ImageFileError(f"{path.name} holds {len(layers)} layers; give a file with one volume")
+    data, kwargs, _ = layers[0]
+    unit = kwargs.get("metadata", {}).get("unit")
+    if unit is not None and unit not in _MM_PER_UNIT:
+        raise ImageFileError(f"{path.name}: unknown length unit {unit!r}; give voxel sizes in mm or µm")
+    return np.asarray(data), tuple(kwargs.get("scale", ASSUMED_SPACING)), unit
+
+
+def _volume_files(folder: Path) -> Iterable[Path]:
+    suffixes = NIFTI_SUFFIXES + TIFF_SUFFIXES
+    return (p for p in folder.iterdir() if p.is_file() and split_suffix(p)[1] in suffixes)
+
+
+def _strip_channel(name: str) -> str:
+    """nnU-Net names images ``case_0000.nii.gz`` and labels ``case.nii.gz``."""
+    return re.sub(r"_\d{4}(\.[^_]+)$", r"\1", name)
+
+
+def _case_name(image_path: Path) -> str:
+    stem = split_suffix(image_path)[0]
+    match = _IMAGE_TAG.match(stem)
+    return match["case"] if match else stem

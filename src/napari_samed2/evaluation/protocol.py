@@ -1,0 +1,183 @@
+"""The interactive protocol: a simulated user drives a real :class:`Session`, step by step.
+
+Per object: step 0 puts the start prompt (a box, or one click) on the middle slice of the
+object's extent and propagates both ways; steps 1..K each click the centre of the largest
+3D error and run the re-propagation a user would run (``Session.repropagate``). After every
+step the object's mask volume is scored. There is no second copy of the tracking code: the
+masks scored are the ones the plugin would show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_samed2.engine import EmbeddingCache, FramePrompt, Session
+from napari_samed2.engine.library import MemoryLibrary
+from napari_samed2.evaluation.cases import EvalCase
+from napari_samed2.evaluation.metrics import (
+    DICE_TARGET,
+    NSD_TOLERANCE_MM,
+    dice,
+    normalized_surface_dice,
+)
+from napari_samed2.evaluation.prompts import START_PROMPTS, correction_click, start_prompt, with_click
+from napari_samed2.models.loading import LoadedModel
+
+POLICIES = ("stock", "confidence")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How the simulated user behaves and how steps are scored (CVPR 2025 challenge defaults)."""
+
+    start: str = "box"  # "box" or "click"
+    clicks: int = 5  # correction clicks after the start prompt
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM
+    dice_target: float = DICE_TARGET
+    seed: int = 0  # tie-breaking between equally good click positions
+
+    def __post_init__(self) -> None:
+        if self.start not in START_PROMPTS:
+            raise ValueError(f"start prompt must be one of {START_PROMPTS}, not {self.start!r}")
+        if int(self.clicks) != self.clicks or self.clicks < 0:
+            raise ValueError(f"clicks must be a whole number >= 0, not {self.clicks!r}")
+        if not self.nsd_tolerance_mm >= 0:
+            raise ValueError(f"the NSD tolerance must be >= 0 mm, not {self.nsd_tolerance_mm!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.start}+{self.clicks}clicks"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One object after one step of one case under one memory policy: a row of results.csv.
+
+    ``prompt`` is what the user did: ``box`` or ``click`` (step 0), ``positive`` or
+    ``negative`` (corrections), ``none`` when the mask was already exact and there was
+    nothing to click. ``row``/``col`` locate the click (NaN for a box, whose corners are in
+    ``box``). ``frames_encoded`` counts image-encoder runs in the step (the first step of a
+    session pays for encoding the volume).
+    """
+
+    case: str
+    object_id: int
+    policy: str
+    library: bool
+    step: int
+    prompt: str
+    frame: int
+    row: float
+    col: float
+    box: str
+    dice: float
+    nsd: float
+    seconds: float
+    frames_encoded: int
+
+
+def run_case(
+    model: LoadedModel,
+    case: EvalCase,
+    protocol: EvalProtocol,
+    policy: str,
+    *,
+    axis: int = 0,
+    library: MemoryLibrary | None = None,
+    case_index: int = 0,
+) -> Iterator[StepRecord]:
+    """Evaluate every object of ``case`` under one memory policy, yielding each step's record.
+
+    A fresh session (and embedding cache) per case and policy, so every policy starts cold
+    as a user opening the case would. With a ``library``, its memories guide the case and,
+    once all steps are done, the user "confirms" the case: each object's confident memories
+    are added to it for the next cases.
+    """
+    spacing = tuple(case.spacing[a] for a in (axis, *(d for d in range(3) if d != axis)))
+    truth = np.moveaxis(case.label, axis, 0)
+    cache = EmbeddingCache()
+    try:
+        session = Session(model, case.image, axis=axis, policy=policy, cache=cache, library=library)
+        for object_id in case.object_ids:
+            session.add_object(object_id)
+        for object_id in case.object_ids:
+            yield from _run_object(session, truth == object_id, spacing, protocol, policy, case, object_id, case_index)
+        if library is not None:
+            for object_id in case.object_ids:
+                session.add_to_library(object_id, case=case.name, label=str(object_id))
+    finally:
+        cache.close()
+
+
+def _run_object(
+    session: Session, truth: np.ndarray, spacing: Sequence[float], protocol: EvalProtocol,
+    policy: str, case: EvalCase, object_id: int, case_index: int,
+) -> Iterator[StepRecord]:
+    rng = np.random.default_rng([protocol.seed, case_index, object_id])
+    scorer = _Scorer(session, truth, spacing, protocol, policy, case.name, object_id)
+
+    def segment_and_propagate() -> None:
+        session.segment_frame(frame, object_id, prompt)
+        for _ in session.propagate("both", object_ids=[object_id]):
+            pass
+
+    def click_and_repropagate() -> None:
+        session.segment_frame(click.frame, object_id, prompt)
+        for _ in session.repropagate():
+            pass
+
+    frame, prompt = start_prompt(truth, spacing, rng, protocol.start)
+    yield scorer.step(0, protocol.start, frame, prompt, segment_and_propagate)
+    for step in range(1, protocol.clicks + 1):
+        click = correction_click(truth, scorer.prediction, spacing, rng)
+        if click is None:  # the mask is exact: the user has nothing to click, the mask stays
+            yield scorer.step(step, "none", -1, None, lambda: None)
+            continue
+        prompt = with_click(session.prompts[object_id].get(click.frame), click)
+        kind = "positive" if click.positive else "negative"
+        yield scorer.step(step, kind, click.frame, prompt, click_and_repropagate)
+
+
+@dataclass(eq=False)
+class _Scorer:
+    """Times one step of one object, then scores its mask volume (kept for the next click)."""
+
+    session: Session
+    truth: np.ndarray
+    spacing: Sequence[float]
+    protocol: EvalProtocol
+    policy: str
+    case: str
+    object_id: int
+    prediction: np.ndarray | None = None
+
+    def step(self, step: int, kind: str, frame: int, prompt: FramePrompt | None, action) -> StepRecord:
+        encoded, start = self.session.frames_encoded, time.perf_counter()
+        action()
+        seconds = time.perf_counter() - start
+        self.prediction = object_prediction(self.session, self.object_id)
+        row = col = float("nan")
+        if kind in ("click", "positive", "negative"):
+            row, col = (float(v) for v in prompt.points[-1])
+        return StepRecord(
+            case=self.case, object_id=self.object_id, policy=self.policy,
+            library=self.session.library is not None, step=step, prompt=kind, frame=frame,
+            row=row, col=col, box=" ".join(f"{v:g}" for v in prompt.box) if kind == "box" else "",
+            dice=dice(self.prediction, self.truth),
+            nsd=normalized_surface_dice(self.prediction, self.truth, self.spacing, self.protocol.nsd_tolerance_mm),
+            seconds=seconds, frames_encoded=self.session.frames_encoded - encoded,
+        )
+
+
+def object_prediction(session: Session, object_id: int) -> np.ndarray:
+    """The object's current mask volume in frame order (frames it has no mask on are empty)."""
+    volume = np.zeros((len(session.volume), *session.volume.frame_shape), dtype=bool)
+    for frame in range(len(session.volume)):
+        result = session.result(frame).objects.get(object_id)
+        if result is not None:
+            volume[frame] = result.mask
+    return volume
