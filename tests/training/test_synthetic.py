@@ -153,7 +153,8 @@ def test_corruptions_change_their_slices():
             if kind == "dropped":
                 assert np.ptp(c.image[index]) == 0
             else:
-                assert np.abs(c.image[index] - reference.image[index]).mean() > 0.1 * reference.image[index].std()
+                change = np.abs(c.image[index] - reference.image[index])
+                assert np.percentile(change, 99) > 0.3 * reference.image[index].std()  # streaks are thin
         untouched = [i for i in range(16) if i not in c.corrupted]
         np.testing.assert_array_equal(c.image[untouched], reference.image[untouched])
     assert seen == {"noise", "streaks", "dropped"}
@@ -204,4 +205,4 @@ def test_a_full_size_case_is_fast():
     config = SyntheticConfig.fixed_shape((32, 256, 256))
     start = time.perf_counter()
     synthetic_case(np.random.default_rng(0), config)
-    assert time.perf_counter() - start < 2.0  # about 0.3 s on a busy CPU
+    assert time.perf_counter() - start < 2.0  # about 0.2 s on a busy 2-core machine

@@ -29,7 +29,7 @@ stream from an integer seed: case ``k`` of stream ``seed`` is
 different generator states, so held-out cases cannot coincide with training ones.
 :func:`held_out_cases` gives the first cases of held-out stream 10,000.
 
-Speed, measured on one busy CPU core: a (32, 256, 256) case takes about 0.15-0.3 s.
+Speed: a (32, 256, 256) case takes 0.16-0.24 s (measured on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -413,7 +413,7 @@ class _Builder:
             d = np.minimum(np.hypot(yc - hy, xc - hx), np.hypot(yc + hy, xc + hx))
         else:
             d = np.hypot(yc, xc)
-        noise = _smooth_noise(rng, d.shape, (max(rz / 2, 1.5), max(radius / 2, 2.0), max(radius / 2, 2.0)))
+        noise = _smooth_noise(rng, d.shape, (max(rz / 2, 1.5), max(radius / 2, 3.0), max(radius / 2, 3.0)))
         inside = (1 - d / r + roughness * np.clip(noise, -2.5, 2.5) > 0) & (np.abs(z - cz) < rz)
         # Satellite islands are welcome, specks of a few voxels are label noise.
         islands, count = ndimage.label(inside)
@@ -424,12 +424,22 @@ class _Builder:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: tuple[float, ...]) -> np.ndarray:
-    """Unit-variance noise, smooth over about ``cell`` voxels per axis (coarse noise, upsampled)."""
+    """Unit-variance noise, smooth over about ``cell`` voxels per axis.
+
+    Coarse white noise, linearly upsampled one axis at a time: several times faster than
+    ``ndimage.zoom`` for a whole volume. (Smoothstep weights were tried: their flat spots at
+    the coarse grid points make thresholded lesions look blocky.)
+    """
     coarse_shape = tuple(max(int(math.ceil(n / c)) + 2, 2) for n, c in zip(shape, cell))
-    coarse = rng.standard_normal(coarse_shape, dtype=np.float32)
-    zoom = tuple((n + 2 * c) / m for n, c, m in zip(shape, cell, coarse_shape))
-    fine = ndimage.zoom(coarse, zoom, order=1, grid_mode=False, mode="nearest")
-    crop = tuple(slice((f - n) // 2, (f - n) // 2 + n) for f, n in zip(fine.shape, shape))
-    fine = fine[crop]
-    std = fine.std()
-    return fine / std if std > 0 else fine
+    out = rng.standard_normal(coarse_shape, dtype=np.float32)
+    for axis, (n, c, m) in enumerate(zip(shape, cell, coarse_shape)):
+        position = rng.uniform(0, 1) + np.arange(n, dtype=np.float32) / np.float32(c)
+        position = np.minimum(position, m - 1.001)
+        index = position.astype(np.intp)
+        weight = position - index
+        view = [1] * len(shape)
+        view[axis] = n
+        weight = weight.reshape(view)
+        out = out.take(index, axis) * (1 - weight) + out.take(index + 1, axis) * weight
+    std = out.std()
+    return out / std if std > 0 else out
