@@ -10,7 +10,8 @@ def test_every_entry_resolves_to_a_sam2_config(name):
     import sam2  # noqa: F401  (initialises sam2's hydra config module)
 
     spec = MODELS[name]
-    cfg = compose(config_name=spec.config)
+    config_name, overrides = spec.hydra_config
+    cfg = compose(config_name=config_name, overrides=overrides)
     assert cfg.model.image_encoder.trunk._target_.endswith("Hiera")
     assert spec.image_size % 32 == 0
     assert spec.downloadable or spec.weights_hint

@@ -137,9 +137,9 @@ def describe_mismatch(path: Path | str, spec: ModelSpec, diff: StateDictDiff, gu
 def guess_architecture(state_dict: dict[str, torch.Tensor], filename: str = "") -> str | None:
     """Name the registry entry a state dict most likely belongs to, from its keys and shapes.
 
-    Hiera sizes differ in embedding width and block count; SAM 2.1 added
-    ``no_obj_embed_spatial``; SAMed-2 adds adapter keys. MedSAM2 has SAM 2.1 tiny's keys, so
-    it is told apart by its file name only.
+    Hiera sizes differ in embedding width and block count (the demo model's trunk is 32 wide
+    with 6 blocks); SAM 2.1 added ``no_obj_embed_spatial``; SAMed-2 adds adapter keys.
+    MedSAM2 has SAM 2.1 tiny's keys, so it is told apart by its file name only.
     """
     patch = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
     if patch is None:
@@ -149,6 +149,8 @@ def guess_architecture(state_dict: dict[str, torch.Tensor], filename: str = "") 
         for k in state_dict
         if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k))
     }
+    if (patch.shape[0], len(blocks)) == (32, 6) and not any(".adapter." in k for k in state_dict):
+        return "demo"
     size = {
         (96, 12): "tiny",
         (96, 16): "small",

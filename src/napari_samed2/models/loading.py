@@ -118,8 +118,9 @@ def build_model(spec: ModelSpec, image_size: int | None = None, device: str | to
     size = image_size or spec.image_size
     if size % 32:
         raise ValueError(f"image_size must be a multiple of 32, not {size}")
+    config_name, overrides = spec.hydra_config
     sam = build_sam2_video_predictor(
-        spec.config, ckpt_path=None, device=device, hydra_overrides_extra=[f"++model.image_size={size}"]
+        config_name, ckpt_path=None, device=device, hydra_overrides_extra=[*overrides, f"++model.image_size={size}"]
     )
     if spec.temporal_adapter:
         from napari_samed2.models.temporal_adapter import insert_temporal_adapters
@@ -131,8 +132,21 @@ def build_model(spec: ModelSpec, image_size: int | None = None, device: str | to
     return sam.eval()
 
 
+PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
 def fetch_weights(spec: ModelSpec, cache_dir: str | Path | None = None) -> Path:
-    """Download (or find in the Hugging Face cache) the published weights of ``spec``."""
+    """The weights file of ``spec``: shipped in this package, or downloaded from (or found in
+    the cache of) the Hugging Face hub."""
+    if spec.packaged_weights is not None:
+        path = PACKAGED_WEIGHTS_DIR / spec.packaged_weights
+        if path.is_file():
+            return path
+        raise WeightsUnavailableError(
+            f"{spec.title}: its weights file {spec.packaged_weights} is not in this installation "
+            f"(looked in {PACKAGED_WEIGHTS_DIR}). {spec.weights_hint}: "
+            f"load_model('/path/to/{spec.packaged_weights}', architecture={spec.name!r})."
+        )
     if not spec.downloadable:
         raise WeightsUnavailableError(
             f"{spec.title} cannot be downloaded automatically. {spec.weights_hint}: "

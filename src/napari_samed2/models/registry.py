@@ -23,9 +23,12 @@ class Preprocessing(str, Enum):
 class ModelSpec:
     """Everything needed to build a model and fetch its weights.
 
-    ``config`` is a hydra config name inside the ``sam2`` package. Weights come from the
-    Hugging Face hub (``hf_repo`` / ``hf_filename``) or, when those are ``None``, only from a
-    local file whose origin ``weights_hint`` tells the user.
+    ``config`` is a hydra config name inside the ``sam2`` package or, when ``config_package``
+    names a package, inside that package's folders (``configs/demo.yaml`` in
+    ``napari_samed2.models``). Weights come from the Hugging Face hub (``hf_repo`` /
+    ``hf_filename``), from a file shipped in this package (``packaged_weights``, a name in
+    ``napari_samed2/models/weights/``) or, when none of those is set, only from a local file
+    whose origin ``weights_hint`` tells the user.
     """
 
     name: str
@@ -35,6 +38,8 @@ class ModelSpec:
     hf_repo: str | None = None
     hf_filename: str | None = None
     weights_hint: str = ""
+    config_package: str | None = None
+    packaged_weights: str | None = None
     preprocessing: Preprocessing = Preprocessing.IMAGENET
     mask_threshold: float = 0.0
     temporal_adapter: bool = False
@@ -42,6 +47,20 @@ class ModelSpec:
     @property
     def downloadable(self) -> bool:
         return self.hf_repo is not None and self.hf_filename is not None
+
+    @property
+    def hydra_config(self) -> tuple[str | None, list[str]]:
+        """``(config_name, overrides)`` for hydra's ``compose`` in sam2's config module.
+
+        A config of our own is composed as a config group from an added search path, with no
+        primary config: hydra looks the primary config up before it applies a search path
+        override, so naming our file as the primary config would not find it, and swapping
+        hydra's global state instead would race with other threads that build models.
+        """
+        if self.config_package is None:
+            return self.config, []
+        group, _, option = self.config.removesuffix(".yaml").rpartition("/")
+        return None, [f"hydra.searchpath=[pkg://{self.config_package}]", f"+{group}={option}"]
 
 
 def _sam2(name, title, cfg, size_tag, hf_file, generation="sam2.1"):
@@ -91,6 +110,20 @@ MODELS: dict[str, ModelSpec] = {
             preprocessing=Preprocessing.UNIT_RANGE,
             mask_threshold=0.5,
             temporal_adapter=True,
+        ),
+        ModelSpec(
+            # 4,134,754 parameters (8.3 MB as 16-bit safetensors); see configs/demo.yaml.
+            name="demo",
+            title="Demo model (4.1 M, 256 px): trained on synthetic volumes only, not a medical model",
+            config="configs/demo.yaml",
+            config_package="napari_samed2.models",
+            image_size=256,
+            packaged_weights="demo.safetensors",
+            weights_hint=(
+                "The demo model's weights ship inside napari-samed2 as "
+                "napari_samed2/models/weights/demo.safetensors once trained; this installation "
+                "has none yet. Use another model, or pass the path of a demo checkpoint"
+            ),
         ),
     )
 }
