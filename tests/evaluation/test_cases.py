@@ -107,7 +107,9 @@ def test_folders_of_pairs_in_both_conventions(tmp_path):
     write_nifti(nnunet / "imagesTr" / "liver_003_0000.nii.gz", image, (1, 1, 1), np.float32)
     write_nifti(nnunet / "labelsTr" / "liver_003.nii.gz", label, (1, 1, 1), np.uint8)
     pairs = pairs_from_arguments([nnunet, flat / "a_image.nii.gz", flat / "a_seg.nii.gz"])
-    assert [p[1].name for p in pairs] == ["liver_003.nii.gz", "a_seg.nii.gz"]
+    assert [p[1].name for p in pairs] == ["liver_003.nii.gz", "a_seg.nii.gz"]  # in the order given
+    pairs = pairs_from_arguments([flat / "a_image.nii.gz", flat / "a_seg.nii.gz", nnunet])
+    assert [p[1].name for p in pairs] == ["a_seg.nii.gz", "liver_003.nii.gz"]
     write_nifti(flat / "c_image.nii.gz", image, (1, 1, 1), np.float32)
     with pytest.raises(ImageFileError, match="c_image.nii.gz has no label file"):
         find_pairs(flat)
@@ -115,3 +117,5 @@ def test_folders_of_pairs_in_both_conventions(tmp_path):
         find_pairs(nnunet / "labelsTr")
     with pytest.raises(ImageFileError, match="in pairs"):
         pairs_from_arguments([flat / "a_image.nii.gz"])
+    with pytest.raises(ImageFileError, match="followed by the folder"):
+        pairs_from_arguments([flat / "a_image.nii.gz", nnunet, flat / "a_seg.nii.gz"])

@@ -153,20 +153,24 @@ def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
 
 
 def pairs_from_arguments(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
-    """The command line's ``IMAGE LABEL [IMAGE LABEL ...]`` or folders, as pairs."""
+    """The command line's ``IMAGE LABEL [IMAGE LABEL ...]`` or folders, as pairs, in the
+    order given."""
     pairs: list[tuple[Path, Path]] = []
-    files: list[Path] = []
+    pending: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
+            if pending:
+                raise ImageFileError(f"{pending[0].name} is followed by the folder {path}, not by its label file")
             pairs += find_pairs(path)
         else:
-            files.append(path)
-    if len(files) % 2:
+            pending.append(path)
+            if len(pending) == 2:
+                pairs.append((pending[0], pending[1]))
+                pending = []
+    if pending:
         raise ImageFileError(
-            f"{len(files)} files were given; give them in pairs, each image followed by its label "
-            f"({files[-1].name} has no partner)"
+            f"{pending[0].name} has no label file after it; give files in pairs, each image followed by its label"
         )
-    pairs += list(zip(files[::2], files[1::2], strict=True))
     if not pairs:
         raise ImageFileError("no cases given: pass IMAGE LABEL pairs or a folder of them")
     return pairs

@@ -196,7 +196,7 @@ def _by_policy(rows: Iterable) -> dict[str, list]:
 
 
 def _median_mean(values: Sequence[float]) -> str:
-    return f"{statistics.median(values):.3f} ({statistics.fmean(values):.3f})"
+    return f"{statistics.median(values):.3g} ({statistics.fmean(values):.3g})"
 
 
 def _step_name(step: int, protocol: EvalProtocol) -> str:
