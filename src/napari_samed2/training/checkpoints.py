@@ -97,6 +97,7 @@ def save_resume(
     step: int,
     config: dict,
     numpy_rng: dict,
+    torch_rng: torch.Tensor | None = None,
     best_dice: float | None = None,
 ) -> Path:
     """Write ``resume.safetensors`` and ``resume.json`` into ``folder``."""
@@ -109,7 +110,7 @@ def save_resume(
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():
             tensors[f"optim.{index}.{key}"] = value.detach().to("cpu", copy=True).contiguous().reshape(value.shape)
-    tensors["torch_rng"] = torch.get_rng_state()
+    tensors["torch_rng"] = torch.get_rng_state() if torch_rng is None else torch_rng
     groups = [{k: v for k, v in group.items()} for group in optimizer_state["param_groups"]]
     state = {
         "format": FORMAT,

@@ -314,6 +314,7 @@ class Trainer:
         self.out = out
         self.val_pairs = val_pairs or []
         self.base = base
+        torch.manual_seed(config.seed)  # LoRA's initial values, dropout
         self.trainable = select_trainable(
             model.sam, config.train, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha
         )
@@ -324,13 +325,13 @@ class Trainer:
         self.step = 0
         self.best_dice: float | None = None
         self.saved_step = 0
-        torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         if resume is not None:
             state = checkpoints.load_resume(resume, model.sam, self.trainable, self.optimizer)
             self.step = self.saved_step = state.step
             self.best_dice = state.best_dice
             self.rng.bit_generator.state = state.numpy_rng
+        self._snapshot()
         self.sampler = ClipSampler(
             pairs, self.rng, clip_length=config.clip_length,
             prompt_probs=config.prompt_probs, reverse_prob=config.reverse_prob,
@@ -374,9 +375,15 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
         self.optimizer.step()
         self.step += 1
+        self._snapshot()
         return float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}, lr
 
     # saving -----------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        """The random states as they are after the last finished step: an interrupted step
+        may already have drawn its clip, and a resumed run must draw that clip again."""
+        self._states = (self.rng.bit_generator.state, torch.get_rng_state())
+
     def metadata(self, **extra) -> dict[str, str]:
         return {
             "step": str(self.step),
@@ -395,7 +402,8 @@ class Trainer:
         )
         checkpoints.save_resume(
             self.out, self.model.sam, self.trainable, self.optimizer, step=self.step,
-            config=self.config.to_json(), numpy_rng=self.rng.bit_generator.state, best_dice=self.best_dice,
+            config=self.config.to_json(), numpy_rng=self._states[0], torch_rng=self._states[1],
+            best_dice=self.best_dice,
         )
         self.saved_step = self.step
         return path
