@@ -6,8 +6,11 @@ session's random-weight checkpoint (about a second) instead of sharing ``tiny_mo
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import TEST_DEVICE
 
@@ -26,6 +29,17 @@ def ellipse_pair(seed: int = 0, frames: int = FRAMES) -> tuple[np.ndarray, np.nd
         label[z] = (((yy - cy - z) / (8.0 + z / 2)) ** 2 + ((xx - cx - z) / (10.0 + z / 3)) ** 2) < 1
     image = 150.0 * label + rng.normal(40, 20, label.shape)
     return image.astype(np.float32), label
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    """Training tests run torch on one thread (NAPARI_SAMED2_TEST_THREADS to change): on a
+    machine whose other cores are busy, two OpenMP threads were measured up to 30x slower
+    than one (they wait for each other), and these tests are small enough for one core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("NAPARI_SAMED2_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -52,3 +52,29 @@ def test_importing_training_loads_no_qt_or_napari():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ctrl_c_between_steps_saves_before_exiting(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """Ctrl-C while the command line draws the bar (not inside the training loop): the loop
+    is told, saves the finished step and the resume state, and the command exits with 130."""
+    import tqdm
+    from safetensors import safe_open
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tqdm.tqdm, "set_postfix", interrupt)
+    image, label = ellipse_pair(0)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lbl.tif", label)
+    out = tmp_path / "run"
+    code = main([
+        "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lbl.tif"), "--model", str(tiny_checkpoint),
+        "--train", "decoder", "--steps", "5", "--clip-length", "2", "--image-size", "128", "--device", "cpu",
+        "--correction-frames", "0", "--out", str(out),
+    ])
+    assert code == 130
+    assert f"--resume {out}" in capsys.readouterr().err
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        assert handle.metadata()["step"] == "1"
+    assert '"step": 1' in (out / "resume.json").read_text()

@@ -58,3 +58,21 @@ def test_axis_moves_the_slicing_axis_first():
     pair = make_pair(np.moveaxis(image, 0, 2), np.moveaxis(label, 0, 2), axis=2, spacing=(0.5, 0.5, 3.0))
     assert pair.image.shape == image.shape and pair.spacing == (3.0, 0.5, 0.5)
     assert np.array_equal(pair.label, label)
+
+
+def test_pairs_from_files_and_from_a_generator(tmp_path):
+    import tifffile
+
+    image, label = ellipse_pair(0)
+    tifffile.imwrite(tmp_path / "img.tif", image, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"spacing": 2.0})
+    tifffile.imwrite(tmp_path / "lbl.tif", label)
+    from_files = load_pairs([tmp_path / "img.tif"], [tmp_path / "lbl.tif"])[0]
+    from napari_samed2.io import read_image
+
+    assert from_files.name == "img.tif" and from_files.spacing == read_image(tmp_path / "img.tif")[0][1]["scale"]
+    assert from_files.spacing[1:] == pytest.approx((0.5, 0.5))  # the voxel size the file states
+    assert np.array_equal(from_files.label, label)
+    from_generator = load_pairs((ellipse_pair(seed) for seed in range(3)))
+    assert len(from_generator) == 3 and all(p.objects.keys() == {1} for p in from_generator)
+    with pytest.raises(TrainingError, match="labels are missing"):
+        load_pairs(image)

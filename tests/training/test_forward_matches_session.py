@@ -68,3 +68,19 @@ def test_training_correction_click_equals_session_correction(tiny_model, pair):
     for frame, tries in enumerate(ours.outputs):
         assert torch.equal(tries[-1].low_res, entries[frame].low_res_logits), f"frame {frame}"
     assert not torch.equal(ours.outputs[corrected][0].low_res, ours.outputs[corrected][1].low_res)
+
+
+def test_samed2_slice_pairs_are_encoded_as_the_engine_pairs_them(pair):
+    """SAMed-2's temporal adapter mixes pairs of slices: the training forward pass must pair
+    them as the engine does, (0, 1), (2, 2), or the features and masks differ."""
+    from napari_samed2.models import LoadedModel, build_model, get_spec
+
+    torch.manual_seed(0)
+    spec = get_spec("samed2")
+    model = LoadedModel(spec, build_model(spec, 128), torch.device("cpu"), torch.float32, None)
+    clip = make_clip(pair, 1, CLIP[:3], "box", np.random.default_rng(1))
+    session, obj = _session(model, clip)
+    with torch.no_grad():
+        ours = forward_clip(model, clip, memory_dtype=torch.bfloat16)
+    for frame, tries in enumerate(ours.outputs):
+        assert torch.equal(tries[-1].low_res, session.memories[obj].entries[frame].low_res_logits), f"frame {frame}"

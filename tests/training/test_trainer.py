@@ -150,3 +150,16 @@ def test_validation_dice_is_reported_and_the_best_model_kept(fresh_model, tmp_pa
     assert 0.0 <= progress[-1].val_dice <= 1.0
     assert (tmp_path / "best.safetensors").is_file()
     assert fresh_model.sam.training  # validation switched to eval and back
+
+
+def test_temporal_adapters_train_alone_and_only_where_they_exist(tiny_model):
+    from napari_samed2.errors import TrainingError
+    from napari_samed2.models import build_model, get_spec
+
+    with pytest.raises(TrainingError, match="no temporal adapters"):
+        select_trainable(tiny_model.sam, "temporal_adapter")  # refused before any flag changes
+    assert all(p.requires_grad for p in tiny_model.sam.parameters())
+    samed2 = build_model(get_spec("samed2"), 128)
+    trainable = select_trainable(samed2, "temporal_adapter")
+    assert len(trainable) == 16 * 8 and all(".adapter." in n for n in trainable)
+    assert sum(p.requires_grad for p in samed2.parameters()) == len(trainable)

@@ -51,24 +51,26 @@ class VolumePair:
         return int(self.image.shape[0])
 
 
-def _read(source, what: str) -> tuple[Any, str]:
+def _read(source, what: str) -> tuple[Any, str, tuple | None]:
+    """The array, a name for messages, and the voxel size a file states (napari ``scale``)."""
     if isinstance(source, str | os.PathLike):
         from napari_samed2.io import read_image
 
         path = Path(source)
-        layers = read_image(path)
-        return layers[0][0], path.name
+        data, kwargs, _ = read_image(path)[0]
+        return data, path.name, kwargs.get("scale")
     if hasattr(source, "shape") and hasattr(source, "__getitem__"):
-        return source, f"{what} array"
+        return source, f"{what} array", None
     raise TrainingError(
         f"cannot read {what} {source!r}: give a NIfTI/TIFF file path or a numpy array (frames first)"
     )
 
 
 def make_pair(image, label, *, name: str | None = None, axis: int = 0, spacing=None) -> VolumePair:
-    """Check one (image, label) pair and index its objects; ``axis`` is the slicing axis."""
-    image, image_name = _read(image, "image")
-    label, _ = _read(label, "label")
+    """Check one (image, label) pair and index its objects; ``axis`` is the slicing axis,
+    ``spacing`` the voxel size in mm per array axis (default: what an image file states, else 1)."""
+    image, image_name, scale = _read(image, "image")
+    label, _, _ = _read(label, "label")
     name = name or image_name
     if tuple(image.shape) != tuple(label.shape):
         raise TrainingError(
@@ -99,7 +101,7 @@ def make_pair(image, label, *, name: str | None = None, axis: int = 0, spacing=N
             "with at least one object (positive integer values), or leave this image out"
         )
     if spacing is None:
-        spacing = (1.0, 1.0, 1.0)
+        spacing = scale if scale is not None and len(scale) == 3 else (1.0, 1.0, 1.0)
     spacing = tuple(float(s) for s in spacing)
     if axis % 3:
         spacing = (spacing[axis], *(s for i, s in enumerate(spacing) if i != axis % 3))
