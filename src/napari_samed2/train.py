@@ -20,6 +20,7 @@ from napari_samed2.errors import SamEd2Error
 
 def build_parser() -> argparse.ArgumentParser:
     from napari_samed2.training.adapters import TRAINABLE
+    from napari_samed2.training.trainer import TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m napari_samed2.train", description=__doc__.splitlines()[0])
     p.add_argument("--images", nargs="+", required=True, help="NIfTI or TIFF image volumes")
@@ -29,20 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--architecture", help="the model of a checkpoint whose keys do not say it")
     p.add_argument("--val-images", nargs="+", help="held-out image volumes for validation Dice")
     p.add_argument("--val-labels", nargs="+", help="their label volumes")
-    p.add_argument("--train", default="decoder,memory", help=f"modules to train, comma-separated: {', '.join(TRAINABLE)}")
-    p.add_argument("--steps", type=int, default=1000, help="training steps (one clip each)")
-    p.add_argument("--clip-length", type=int, default=8, help="consecutive slices per clip")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    d = TrainConfig()
+    p.add_argument("--config", help="training settings as JSON (e.g. a checkpoint's 'config' metadata); options override it")
+    p.add_argument("--train", help=f"modules to train, comma-separated: {', '.join(TRAINABLE)} (default: {','.join(d.train)})")
+    p.add_argument("--steps", type=int, help=f"training steps, one clip each (default: {d.steps})")
+    p.add_argument("--clip-length", type=int, help=f"consecutive slices per clip (default: {d.clip_length})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate of AdamW (default: {d.lr})")
+    p.add_argument("--weight-decay", type=float, help=f"(default: {d.weight_decay})")
     p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of --steps)")
-    p.add_argument("--grad-clip", type=float, default=0.1, help="maximum gradient norm (0: no clipping)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lora-rank", type=int, default=4, help="rank of the LoRA adapters (with --train lora)")
-    p.add_argument("--correction-frames", type=int, default=2, help="frames per clip with simulated correction clicks")
-    p.add_argument("--correction-clicks", type=int, default=1, help="correction clicks per such frame")
-    p.add_argument("--memory-policy", default="stock", help="memory policy during training (stock or confidence)")
-    p.add_argument("--val-every", type=int, default=100, help="steps between validations (0: never)")
-    p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--grad-clip", type=float, help=f"maximum gradient norm, 0: no clipping (default: {d.grad_clip})")
+    p.add_argument("--seed", type=int, help=f"(default: {d.seed})")
+    p.add_argument("--lora-rank", type=int, help=f"rank of the LoRA adapters with --train lora (default: {d.lora_rank})")
+    p.add_argument("--correction-frames", type=int, help=f"frames per clip with simulated correction clicks (default: {d.correction_frames})")
+    p.add_argument("--correction-clicks", type=int, help=f"correction clicks per such frame (default: {d.correction_clicks})")
+    p.add_argument("--memory-policy", help=f"memory policy while training: stock or confidence (default: {d.memory_policy})")
+    p.add_argument("--val-every", type=int, help=f"steps between validations, 0: never (default: {d.val_every})")
+    p.add_argument("--save-every", type=int, help=f"steps between checkpoints, 0: only at the end (default: {d.save_every})")
     p.add_argument("--image-size", type=int, help="model input size in px (a multiple of 32; default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16")
@@ -62,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except SamEd2Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bar = tqdm(total=args.steps, desc="training", unit="step")
+    bar = None
     try:
         for p in progress:
-            if bar.n == 0 and p.step > 1:  # resumed
-                bar.update(p.step - 1)
+            if bar is None:  # the total is known now (from --steps or --config), and where a resumed run starts
+                bar = tqdm(total=p.steps, initial=p.step - 1, desc="training", unit="step")
             bar.update(1)
             post = {"loss": f"{p.loss:.4f}", "lr": f"{p.lr:.2e}"}
             if p.val_dice is not None:
@@ -79,14 +82,17 @@ def main(argv: list[str] | None = None) -> int:
             progress.throw(KeyboardInterrupt)  # lets the loop save if Ctrl-C came between steps
         except (KeyboardInterrupt, StopIteration):
             pass
-        bar.close()
+        if bar is not None:
+            bar.close()
         print(f"interrupted: saved to {args.out} (continue with --resume {args.out})", file=sys.stderr)
         return 130
     except SamEd2Error as exc:
-        bar.close()
+        if bar is not None:
+            bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bar.close()
+    if bar is not None:
+        bar.close()
     return 0
 
 

@@ -51,3 +51,16 @@ def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path):
 def test_settings_out_of_range(tmp_path, options, message):
     with pytest.raises(TrainingError, match=message):
         _train(tmp_path, **options)
+
+
+def test_settings_from_json_with_arguments_overriding_them(tmp_path):
+    from napari_samed2.training.trainer import load_config
+
+    path = tmp_path / "settings.json"
+    path.write_text('{"steps": 7, "train": "decoder", "lr": 0.001}')
+    assert load_config(path).train == ("decoder",) and load_config(path).steps == 7
+    with pytest.raises(TrainingError, match="steps must be at least 1"):
+        _train(tmp_path, config=path, steps=0)  # the argument wins over the file
+    path.write_text('{"stepz": 7}')
+    with pytest.raises(TrainingError, match=r"unknown training settings \['stepz'\]"):
+        _train(tmp_path, config=path)

@@ -10,7 +10,7 @@ from napari_samed2 import load_model
 from napari_samed2.training import TrainConfig, Trainer, forward_clip, train
 from napari_samed2.training.adapters import PARTS, add_lora, part_of, select_trainable
 from napari_samed2.training.data import load_pairs, make_clip
-from napari_samed2.training.trainer import clip_loss_terms, clip_targets
+from napari_samed2.training.trainer import clip_loss_terms, clip_targets, load_config
 from napari_samed2.training.losses import combine
 from tests.training.conftest import ellipse_pair
 
@@ -96,7 +96,8 @@ def test_training_checkpoint_round_trips_through_load_model(fresh_model, tmp_pat
         meta = handle.metadata()
     assert meta["architecture"] == "sam2.1-tiny" and meta["image_size"] == str(fresh_model.image_size)
     assert meta["train"] == "decoder,lora" and meta["step"] == "1"
-    assert json.loads(meta["config"])["lora_rank"] == 2
+    saved_config = load_config(json.loads(meta["config"]))  # the settings, reusable with --config
+    assert saved_config.lora_rank == 2 and saved_config.train == ("decoder", "lora") and saved_config.steps == 1
     loaded = load_model(out / "model.safetensors", device="cpu", dtype="float32")  # no architecture, no size
     assert loaded.spec.name == "sam2.1-tiny" and loaded.image_size == fresh_model.image_size
     trained_state = fresh_model.sam.state_dict()

@@ -432,6 +432,27 @@ class Trainer:
             raise
 
 
+def load_config(source: TrainConfig | str | Path | dict | None) -> TrainConfig:
+    """A :class:`TrainConfig` from itself, a dict, or a JSON file (e.g. the ``config`` a
+    checkpoint's metadata holds); ``None`` gives the defaults."""
+    if source is None:
+        return TrainConfig()
+    if isinstance(source, TrainConfig):
+        return source
+    if isinstance(source, str | Path):
+        try:
+            source = json.loads(Path(source).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"cannot read the training settings {str(source)!r} ({exc}): give a JSON file") from exc
+    if not isinstance(source, dict):
+        raise TrainingError("training settings must be a TrainConfig, a dict or a JSON file")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(source) - names)
+    if unknown:
+        raise TrainingError(f"unknown training settings {unknown}; the settings are {sorted(names)}")
+    return TrainConfig(**source)
+
+
 def train(
     images,
     labels=None,
@@ -441,20 +462,21 @@ def train(
     architecture: str | None = None,
     val_images=None,
     val_labels=None,
-    train: str = "decoder,memory",
-    steps: int = 1000,
-    clip_length: int = 8,
-    lr: float = 5e-5,
-    weight_decay: float = 0.1,
+    config: TrainConfig | str | Path | None = None,
+    train: str | None = None,
+    steps: int | None = None,
+    clip_length: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
     warmup_steps: int | None = None,
-    grad_clip: float = 0.1,
-    seed: int = 0,
-    lora_rank: int = 4,
-    correction_frames: int = 2,
-    correction_clicks: int = 1,
-    memory_policy: str = "stock",
-    val_every: int = 100,
-    save_every: int = 500,
+    grad_clip: float | None = None,
+    seed: int | None = None,
+    lora_rank: int | None = None,
+    correction_frames: int | None = None,
+    correction_clicks: int | None = None,
+    memory_policy: str | None = None,
+    val_every: int | None = None,
+    save_every: int | None = None,
     image_size: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -467,22 +489,25 @@ def train(
     ``images``/``labels``: NIfTI/TIFF paths or arrays (one label volume per image, frames
     along ``axis``), or ``images`` an iterable of ``(image, label)`` pairs and no labels.
     ``model``: a registry name, a checkpoint path (``architecture`` names its model if its
-    keys do not), or a :class:`LoadedModel` (trained in place). ``train``: module names, e.g.
-    ``"decoder,memory"`` (see :mod:`napari_samed2.training.adapters`). Checkpoints go to
-    ``out`` (``model.safetensors``, ``best.safetensors`` with validation, resume state);
-    ``resume`` continues the run saved in that folder. Every input is checked here, before
-    any training: errors are :class:`~napari_samed2.errors.SamEd2Error` subclasses.
+    keys do not), or a :class:`LoadedModel` (trained in place). ``config``: the settings as a
+    :class:`TrainConfig` or JSON file; each setting given here as an argument (not ``None``)
+    overrides it, e.g. ``train="decoder,memory"`` (module names, see
+    :mod:`napari_samed2.training.adapters`) or ``steps``. Checkpoints go to ``out``
+    (``model.safetensors``, ``best.safetensors`` with validation, resume state); ``resume``
+    continues the run saved in that folder. Every input is checked here, before any
+    training: errors are :class:`~napari_samed2.errors.SamEd2Error` subclasses.
     """
     from napari_samed2.models.loading import load_model
     from napari_samed2.training.adapters import parse_modules
     from napari_samed2.training.data import load_pairs
 
-    config = TrainConfig(
+    given = dict(
         steps=steps, train=train, clip_length=clip_length, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
         correction_frames=correction_frames, correction_clicks=correction_clicks,
         memory_policy=memory_policy, val_every=val_every, save_every=save_every,
     )
+    config = dataclasses.replace(load_config(config), **{k: v for k, v in given.items() if v is not None})
     parse_modules(config.train)
     folder = checkpoints.check_writable(out)
     pairs = load_pairs(images, labels, axis=axis)
