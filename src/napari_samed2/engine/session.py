@@ -18,7 +18,6 @@ import itertools
 import json
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -39,8 +38,8 @@ from napari_samed2.engine.memory import (
     make_policy,
 )
 from napari_samed2.engine.prompts import FramePrompt
-from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
 from napari_samed2.engine.results import FrameResult, ObjectResult
+from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
 from napari_samed2.engine.volume import Volume, as_volume
 from napari_samed2.errors import PromptError, VolumeError
 from napari_samed2.models.loading import LoadedModel

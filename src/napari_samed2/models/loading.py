@@ -174,8 +174,9 @@ def load_model(
 
     A local file's architecture is guessed from its keys unless ``architecture`` names it or
     the file does: a training checkpoint (``.safetensors`` from :mod:`napari_samed2.training`)
-    carries its architecture and image size in its metadata. The file is checked against the architecture before loading, so a wrong file gives a
-    message naming the missing and unexpected keys.
+    carries its architecture and image size in its metadata. The file is checked against the
+    architecture before loading, so a wrong file gives a message naming the missing and
+    unexpected keys.
     """
     if looks_like_path(name_or_checkpoint):
         checkpoint = Path(name_or_checkpoint).expanduser()
