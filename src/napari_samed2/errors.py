@@ -41,3 +41,12 @@ class ImageFileError(SamEd2Error, OSError):
 
 class ExistingFileError(ImageFileError, FileExistsError):
     """A write that would replace a file the caller did not ask to overwrite."""
+
+
+class TrainingError(SamEd2Error, ValueError):
+    """Training input or settings that cannot be used: mismatched image and label shapes, a
+    label without any object, an unknown module name to train, a bad resume state."""
+
+
+class OutputFolderError(SamEd2Error, OSError):
+    """An output folder that cannot be created or written (checked before any work starts)."""

@@ -157,3 +157,20 @@ def test_empty_checkpoint_file_says_it_is_empty(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="is empty"):
         load_model(empty, device="cpu")
+
+
+def test_safetensors_metadata_names_architecture_and_image_size(tmp_path, tiny_checkpoint):
+    """A training checkpoint says what it is: no guess from the keys, and its image size."""
+    from safetensors.torch import save_file
+
+    from napari_samed2.models.checkpoint import read_metadata
+
+    state = read_state_dict(tiny_checkpoint)
+    path = tmp_path / "trained.safetensors"
+    save_file(state, str(path), metadata={"architecture": "medsam2", "image_size": "128"})
+    assert read_metadata(path) == {"architecture": "medsam2", "image_size": "128"}
+    model = load_model(path, device="cpu")  # the keys alone would say sam2.1-tiny
+    assert model.spec.name == "medsam2" and model.image_size == 128
+    explicit = load_model(path, device="cpu", architecture="sam2.1-tiny", image_size=TEST_IMAGE_SIZE)
+    assert explicit.spec.name == "sam2.1-tiny" and explicit.image_size == TEST_IMAGE_SIZE
+    assert read_metadata(tiny_checkpoint) == {}

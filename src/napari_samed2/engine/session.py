@@ -18,7 +18,6 @@ import itertools
 import json
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -36,11 +35,11 @@ from napari_samed2.engine.memory import (
     MemoryPolicy,
     MemoryView,
     ObjectMemory,
-    image_descriptor,
     make_policy,
 )
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
+from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
 from napari_samed2.engine.volume import Volume, as_volume
 from napari_samed2.errors import PromptError, VolumeError
 from napari_samed2.models.loading import LoadedModel
@@ -48,20 +47,6 @@ from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 
 Direction = Literal["forward", "backward", "both"]
 _LOGIT_CLAMP = 32.0  # sam2 clamps previous logits fed back with new clicks
-
-
-@dataclass(frozen=True)
-class _Features:
-    """One frame's backbone features in the flattened form sam2's heads take."""
-
-    vision_feats: list[torch.Tensor]
-    vision_pos_embeds: list[torch.Tensor]
-    feat_sizes: list[tuple[int, int]]
-
-    @property
-    def descriptor(self) -> torch.Tensor:
-        top = self.vision_feats[-1]  # (HW, B, C)
-        return image_descriptor(top.permute(1, 2, 0).reshape(top.shape[1], top.shape[2], *self.feat_sizes[-1]))
 
 
 class Session:
@@ -304,22 +289,14 @@ class Session:
 
     def _commit_pending(self, object_ids: list[int]) -> None:
         """Encode the memory of prompted frames, as sam2 does when propagation starts."""
-        size = self.model.image_size
         with self.model.inference():
             for object_id in object_ids:
                 memory = self.memories[object_id]
                 for frame, entry in sorted(memory.pending.items()):
                     features = self._features(frame)
-                    high_res = F.interpolate(
-                        entry.low_res_logits.to(self.model.device), size=(size, size),
-                        mode="bilinear", align_corners=False,
-                    )
-                    maskmem, pos_enc = self.model.sam._encode_new_memory(
-                        current_vision_feats=features.vision_feats,
-                        feat_sizes=features.feat_sizes,
-                        pred_masks_high_res=high_res,
-                        object_score_logits=torch.tensor([[entry.object_score]], device=self.model.device),
-                        is_mask_from_pts=True,
+                    maskmem, pos_enc = encode_prompt_memory(
+                        self.model.sam, features, entry.low_res_logits.to(self.model.device),
+                        torch.tensor([[entry.object_score]], device=self.model.device),
                     )
                     entry.maskmem_features = maskmem.to(torch.bfloat16)
                     self._remember_pos_enc(pos_enc)
@@ -347,31 +324,19 @@ class Session:
         view = self.policy.view(memory, frame, reverse, sam, descriptor)
         extra = None if is_init_cond_frame else self._retrieve(memory, descriptor, features.feat_sizes[-1])
         with self._extra_memory(extra):
-            current_out, sam_outputs, _, _ = sam._track_step(
-                frame,
-                is_init_cond_frame,
-                features.vision_feats,
-                features.vision_pos_embeds,
-                features.feat_sizes,
-                point_inputs,
-                mask_inputs,
-                view.to_sam2(self._maskmem_pos_enc or []),
-                len(self.volume),
-                reverse,
-                prev_logits,
+            out = track_step(
+                sam, features, view.to_sam2(self._maskmem_pos_enc or []), frame, len(self.volume),
+                is_init_cond_frame=is_init_cond_frame, reverse=reverse, point_inputs=point_inputs,
+                mask_inputs=mask_inputs, prev_logits=prev_logits, encode_memory=encode_memory,
             )
-        _, _, ious, low_res, high_res, obj_ptr, object_score = sam_outputs
-        sam._encode_memory_in_output(
-            features.vision_feats, features.feat_sizes, point_inputs, encode_memory,
-            high_res, object_score, current_out,
-        )
+        ious, low_res, obj_ptr, object_score = out.ious, out.low_res, out.obj_ptr, out.object_score
         if sam.fill_hole_area > 0:
             from sam2.utils.misc import fill_holes_in_mask_scores
 
             low_res = fill_holes_in_mask_scores(low_res, sam.fill_hole_area)
-        maskmem = current_out["maskmem_features"]
+        maskmem = out.maskmem_features
         if maskmem is not None:
-            self._remember_pos_enc(current_out["maskmem_pos_enc"])
+            self._remember_pos_enc(out.maskmem_pos_enc)
             maskmem = maskmem.to(torch.bfloat16)
         # One device-to-host transfer for the numbers the bank keeps on the CPU: each
         # transfer waits for the GPU, and stock sam2 waits once a frame.
@@ -445,7 +410,7 @@ class Session:
         if self._maskmem_pos_enc is None:
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
 
-    def _features(self, frame: int) -> _Features:
+    def _features(self, frame: int) -> Features:
         """The frame's image features: from the cache, or the image encoder once.
 
         SAMed-2's temporal adapter mixes pairs of consecutive slices, so its frames are
@@ -469,10 +434,7 @@ class Session:
                 if f == frame:
                     fpn = features
             self.frames_encoded += len(set(frames))
-        _, feats, pos, sizes = sam._prepare_backbone_features(
-            {"backbone_fpn": fpn, "vision_pos_enc": self._pos_embeds}
-        )
-        return _Features(feats, pos, sizes)
+        return features_from_backbone(sam, fpn, self._pos_embeds)
 
     def _cache_key(self, frame: int) -> str:
         key = f"{self._model_key}-{self.volume.frame_key(frame)}"

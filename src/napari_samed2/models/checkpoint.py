@@ -71,6 +71,25 @@ def _first_line(exc: BaseException) -> str:
     return next(iter(str(exc).splitlines()), "") or type(exc).__name__
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a ``.safetensors`` file (string keys and values; empty for other
+    files or when there is none). Training checkpoints name their architecture and image size
+    here (``"architecture"``, ``"image_size"``), so they load without guessing."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path.name} is not a readable safetensors file ({exc}). The file may be truncated: "
+            "download or export it again."
+        ) from exc
+
+
 def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in _STATE_DICT_KEYS:

@@ -19,6 +19,7 @@ from napari_samed2.models.checkpoint import (
     describe_mismatch,
     diff_state_dict,
     guess_architecture,
+    read_metadata,
     read_state_dict,
 )
 from napari_samed2.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
@@ -185,15 +186,20 @@ def load_model(
 ) -> LoadedModel:
     """Load a registry model by name (downloading its weights) or a local checkpoint file.
 
-    A local file's architecture is guessed from its keys unless ``architecture`` names it.
-    The file is checked against the architecture before loading, so a wrong file gives a
-    message naming the missing and unexpected keys.
+    A local file's architecture is guessed from its keys unless ``architecture`` names it or
+    the file does: a training checkpoint (``.safetensors`` from :mod:`napari_samed2.training`)
+    carries its architecture and image size in its metadata. The file is checked against the
+    architecture before loading, so a wrong file gives a message naming the missing and
+    unexpected keys.
     """
     if looks_like_path(name_or_checkpoint):
         checkpoint = Path(name_or_checkpoint).expanduser()
+        metadata = read_metadata(checkpoint)
         state_dict = read_state_dict(checkpoint)
-        guess = guess_architecture(state_dict, checkpoint.name)
+        guess = metadata.get("architecture") or guess_architecture(state_dict, checkpoint.name)
         spec = get_spec(architecture or guess or DEFAULT_MODEL)
+        if image_size is None and metadata.get("image_size", "").isdigit():
+            image_size = int(metadata["image_size"])
     else:
         spec = get_spec(os.fspath(name_or_checkpoint))
         checkpoint = fetch_weights(spec, cache_dir)

@@ -1,0 +1,184 @@
+"""What trains: freeze the model, then unfreeze named parts or add low-rank adapters.
+
+Names (validated, listed in errors): ``encoder`` (Hiera trunk and FPN neck), ``decoder`` (mask
+decoder and prompt encoder, with the heads around them: object-pointer projection, no-object
+pointer, mask-prompt downsampler), ``memory_attention`` (with the memory's temporal and
+"no memory" embeddings), ``memory_encoder`` (with the no-object spatial embedding),
+``memory`` (both memory parts), ``temporal_adapter`` (SAMed-2's adapters), ``lora`` (low-rank
+adapters on every Hiera attention's ``qkv`` and ``proj``) and ``all`` (every parameter of the
+model; LoRA only if also named). Every model parameter belongs to exactly one of the four
+base parts, so ``all`` is their union.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from napari_samed2.errors import TrainingError
+
+#: The model's parameters by part: name prefixes below ``SAM2Base``.
+PARTS: dict[str, tuple[str, ...]] = {
+    "encoder": ("image_encoder.",),
+    "decoder": ("sam_mask_decoder.", "sam_prompt_encoder.", "obj_ptr_proj.", "no_obj_ptr", "mask_downsample."),
+    "memory_attention": (
+        "memory_attention.", "maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "obj_ptr_tpos_proj.",
+    ),
+    "memory_encoder": ("memory_encoder.", "no_obj_embed_spatial"),
+}
+GROUPS: dict[str, tuple[str, ...]] = {"memory": ("memory_attention", "memory_encoder"), "all": tuple(PARTS)}
+SPECIAL = ("temporal_adapter", "lora")
+TRAINABLE = tuple(sorted([*PARTS, *GROUPS, *SPECIAL]))
+LORA_TARGETS = ("qkv", "proj")
+
+
+def parse_modules(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Validate module names (``"decoder,memory"`` or a list); the canonical, sorted set of
+    parts and specials they stand for."""
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [n.strip() for n in names if n and n.strip()]
+    if not names:
+        raise TrainingError(f"nothing to train: name at least one of {', '.join(TRAINABLE)}")
+    unknown = [n for n in names if n not in TRAINABLE]
+    if unknown:
+        raise TrainingError(
+            f"unknown module name(s) to train: {', '.join(unknown)}. Valid names: {', '.join(TRAINABLE)} "
+            "(comma-separated, e.g. decoder,memory)"
+        )
+    chosen: set[str] = set()
+    for name in names:
+        chosen.update(GROUPS.get(name, (name,)))
+    return tuple(sorted(chosen))
+
+
+def part_of(parameter_name: str) -> str | None:
+    """The base part a model parameter belongs to (``None`` for LoRA parameters)."""
+    if ".lora_" in parameter_name:
+        return None
+    for part, prefixes in PARTS.items():
+        if parameter_name.startswith(prefixes):
+            return part
+    return None
+
+
+def is_temporal_adapter(parameter_name: str) -> bool:
+    return parameter_name.startswith("image_encoder.trunk.blocks.") and ".adapter." in parameter_name
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + scale * x A^T B^T``: a frozen linear layer plus a rank-``r`` update.
+
+    ``B`` starts at zero, so an untrained adapter changes nothing (bit for bit: the update
+    adds exact zeros); ``A`` gets Kaiming-uniform values, as in the LoRA paper.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
+        super().__init__()
+        self.base = base
+        self.rank = rank
+        self.scale = (alpha if alpha is not None else rank) / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # sam2 reads e.g. ``attn.qkv.weight`` nowhere, but others may
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.t().to(x.dtype)) @ (self.lora_b.t() * self.scale).to(x.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.base.weight + self.scale * (self.lora_b @ self.lora_a)
+
+
+def add_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None, targets: Iterable[str] = LORA_TARGETS) -> list[str]:
+    """Wrap the ``targets`` linear layers of every Hiera attention block in :class:`LoRALinear`.
+    Returns the wrapped layers' names."""
+    if not isinstance(rank, int) or rank < 1:
+        raise TrainingError(f"LoRA rank must be a positive integer, got {rank!r}")
+    targets = tuple(targets)
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad or not targets:
+        raise TrainingError(f"LoRA targets must be among {LORA_TARGETS}, got {list(targets)}")
+    wrapped = []
+    for i, block in enumerate(sam.image_encoder.trunk.blocks):
+        for target in targets:
+            layer = getattr(block.attn, target)
+            if isinstance(layer, LoRALinear):
+                raise TrainingError("this model already has LoRA adapters")
+            if not isinstance(layer, nn.Linear):
+                raise TrainingError(f"block {i}'s attention {target} is a {type(layer).__name__}, not a linear layer")
+            setattr(block.attn, target, LoRALinear(layer, rank, alpha))
+            wrapped.append(f"image_encoder.trunk.blocks.{i}.attn.{target}")
+    return wrapped
+
+
+def has_lora(sam: nn.Module) -> bool:
+    return any(isinstance(m, LoRALinear) for m in sam.modules())
+
+
+def select_trainable(
+    sam: nn.Module, names: str | Iterable[str], *, lora_rank: int = 4, lora_alpha: float | None = None
+) -> list[str]:
+    """Freeze ``sam``, then let the named parts train (adding LoRA if ``lora`` is named).
+    Returns the names of the parameters that train, in ``named_parameters`` order."""
+    chosen = parse_modules(names)
+    if "temporal_adapter" in chosen and not any(is_temporal_adapter(n) for n, _ in sam.named_parameters()):
+        raise TrainingError(
+            "temporal_adapter was asked to train but this model has no temporal adapters; they exist in "
+            "SAMed-2 (--model samed2 or a SAMed-2 checkpoint). Choose other modules for this model."
+        )
+    if "lora" in chosen and not has_lora(sam):
+        add_lora(sam, lora_rank, lora_alpha)
+    trainable = []
+    for name, parameter in sam.named_parameters():
+        wanted = (
+            part_of(name) in chosen
+            or ("lora" in chosen and ".lora_" in name)
+            or ("temporal_adapter" in chosen and is_temporal_adapter(name))
+        )
+        parameter.requires_grad_(wanted)
+        if wanted:
+            trainable.append(name)
+    return trainable
+
+
+def check_frozen(sam: nn.Module, trainable: Iterable[str]) -> None:
+    """sam2's ``assert_skipped_parameters_are_frozen``: exactly ``trainable`` require grad."""
+    trainable = set(trainable)
+    wrong = [n for n, p in sam.named_parameters() if p.requires_grad != (n in trainable)]
+    if wrong:
+        raise TrainingError(f"{len(wrong)} parameters have the wrong trainable flag (first: {wrong[:3]})")
+
+
+def merged_state_dict(sam: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with LoRA folded into its base weights, under the plain sam2
+    key names: a file any SAM-2 loader reads, no adapter code needed."""
+    state = {}
+    lora_layers = {name: m for name, m in sam.named_modules() if isinstance(m, LoRALinear)}
+    for key, value in sam.state_dict().items():
+        owner = next((name for name in lora_layers if key.startswith(name + ".")), None)
+        if owner is None:
+            state[key] = value
+            continue
+        rest = key[len(owner) + 1 :]
+        if rest.startswith("lora_"):
+            continue
+        if rest == "base.weight":
+            state[f"{owner}.weight"] = lora_layers[owner].merged_weight().detach()
+        else:
+            state[f"{owner}.{rest.removeprefix('base.')}"] = value
+    return state

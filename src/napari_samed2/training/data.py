@@ -1,0 +1,262 @@
+"""Training items: clips of consecutive slices with one object and a prompt on the first.
+
+Three roles, as in sam2's training data: :func:`load_pairs` reads and checks (image, label)
+volumes, :class:`ClipSampler` picks a volume, an object, a direction and K consecutive slices
+from a seeded ``numpy.random.Generator``, and :func:`sample_prompt` draws the first slice's
+prompt (a jittered box, a click, or the mask itself, with SAM-2's probabilities). Clicks come
+from the one click simulator, :mod:`napari_samed2.evaluation.prompts`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_samed2.engine.prompts import FramePrompt
+from napari_samed2.engine.volume import Volume
+from napari_samed2.errors import TrainingError
+from napari_samed2.evaluation.prompts import bounding_box, deepest_point
+from napari_samed2.io.intensity import IntensityWindow
+
+#: SAM-2's training mix (``prob_to_use_pt_input_for_train=0.5``, ``prob_to_use_box_input_for_train=0.5``):
+#: half the clips start from the ground-truth mask, a quarter from a box, a quarter from a click.
+PROMPT_PROBS: dict[str, float] = {"mask": 0.5, "box": 0.25, "click": 0.25}
+PROMPT_KINDS = ("mask", "box", "click")
+BOX_NOISE = 0.1  # box corners move by N(0, 0.1 x box side) ...
+BOX_NOISE_MAX_PX = 20.0  # ... at most 20 px, as in SAM-2's training
+
+
+@dataclass(frozen=True, eq=False)
+class VolumePair:
+    """An image volume and its label volume, frames first (``(Z, Y, X)``), same shape.
+
+    ``spacing``: voxel size in mm along (frames, rows, cols), used where the click simulator
+    measures distances; ``objects``: the label values present, and for each the frames where
+    it appears.
+    """
+
+    image: Any
+    label: np.ndarray
+    name: str
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    objects: dict[int, np.ndarray] = field(default_factory=dict)
+    window: IntensityWindow | None = None
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+
+def _read(source, what: str) -> tuple[Any, str, tuple | None]:
+    """The array, a name for messages, and the voxel size a file states (napari ``scale``)."""
+    if isinstance(source, str | os.PathLike):
+        from napari_samed2.io import read_image
+
+        path = Path(source)
+        data, kwargs, _ = read_image(path)[0]
+        return data, path.name, kwargs.get("scale")
+    if hasattr(source, "shape") and hasattr(source, "__getitem__"):
+        return source, f"{what} array", None
+    raise TrainingError(
+        f"cannot read {what} {source!r}: give a NIfTI/TIFF file path or a numpy array (frames first)"
+    )
+
+
+def make_pair(image, label, *, name: str | None = None, axis: int = 0, spacing=None) -> VolumePair:
+    """Check one (image, label) pair and index its objects; ``axis`` is the slicing axis,
+    ``spacing`` the voxel size in mm per array axis (default: what an image file states, else 1)."""
+    image, image_name, scale = _read(image, "image")
+    label, _, _ = _read(label, "label")
+    name = name or image_name
+    if tuple(image.shape) != tuple(label.shape):
+        raise TrainingError(
+            f"image {name} has shape {tuple(image.shape)} but its label has shape {tuple(label.shape)}: "
+            "pass the label volume that was drawn on this image (same voxels, same axis order)"
+        )
+    if len(image.shape) != 3:
+        raise TrainingError(
+            f"image {name} has shape {tuple(image.shape)}; training needs 3D volumes (slices, rows, columns)"
+        )
+    if not -3 <= axis < 3:
+        raise TrainingError(f"axis must be 0, 1 or 2 (the slicing axis), not {axis}")
+    image = np.moveaxis(image, axis, 0) if axis % 3 else image
+    label = np.moveaxis(np.asarray(label), axis, 0)
+    if label.dtype.kind not in "iub":
+        if not np.all(np.mod(label, 1) == 0):
+            raise TrainingError(f"the label of {name} holds fractional values; give integer object ids (0 = background)")
+        label = label.astype(np.int64)
+    objects = {}
+    per_frame = label.reshape(len(label), -1)
+    for value in np.unique(label):
+        if value <= 0:
+            continue
+        objects[int(value)] = np.flatnonzero((per_frame == value).any(axis=1))
+    if not objects:
+        raise TrainingError(
+            f"the label of {name} has no object (every voxel is 0 or negative): give a label volume "
+            "with at least one object (positive integer values), or leave this image out"
+        )
+    if spacing is None:
+        spacing = scale if scale is not None and len(scale) == 3 else (1.0, 1.0, 1.0)
+    spacing = tuple(float(s) for s in spacing)
+    if axis % 3:
+        spacing = (spacing[axis], *(s for i, s in enumerate(spacing) if i != axis % 3))
+    return VolumePair(image, label, name, spacing, objects, IntensityWindow.from_percentiles(image))
+
+
+def load_pairs(images, labels=None, *, axis: int = 0) -> list[VolumePair]:
+    """(image, label) pairs from parallel sequences of paths or arrays, one path or array each,
+    or (with ``labels=None``) an iterable of ``(image, label)`` tuples, e.g. a generator."""
+    if labels is None:
+        if isinstance(images, str | os.PathLike) or hasattr(images, "shape"):
+            raise TrainingError("labels are missing: pass labels=... with one label volume per image")
+        items = list(images)
+        if not all(isinstance(item, tuple) and len(item) == 2 for item in items):
+            raise TrainingError("without labels=..., images must be (image, label) pairs")
+        pairs = [make_pair(image, label, axis=axis, name=f"pair {i}") for i, (image, label) in enumerate(items)]
+    else:
+        images = [images] if isinstance(images, str | os.PathLike) or hasattr(images, "shape") else list(images)
+        labels = [labels] if isinstance(labels, str | os.PathLike) or hasattr(labels, "shape") else list(labels)
+        if len(images) != len(labels):
+            raise TrainingError(f"{len(images)} images but {len(labels)} labels: give one label volume per image, in the same order")
+        pairs = [make_pair(image, label, axis=axis) for image, label in zip(images, labels)]
+    if not pairs:
+        raise TrainingError("no training volumes were given")
+    return pairs
+
+
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """K consecutive slices of one volume in tracking order, one object, a prompt on frame 0.
+
+    ``volume``: the clip's slices (normalised with the whole source volume's window, so
+    intensities match what the engine sees on that volume); ``masks``: ``(K, H, W)`` bool,
+    the object on each clip frame (frame 0 always holds it); ``prompt``: on frame 0;
+    ``frames``: the source slice index of each clip frame (descending when ``reverse``).
+    """
+
+    volume: Volume
+    masks: np.ndarray
+    prompt: FramePrompt
+    prompt_kind: str
+    source: str
+    object_id: int
+    frames: tuple[int, ...]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def reverse(self) -> bool:
+        return len(self.frames) > 1 and self.frames[1] < self.frames[0]
+
+
+def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, spacing=(1.0, 1.0)) -> FramePrompt:
+    """A prompt for one slice's object ``mask``: ``"box"`` (the tight box, corners jittered as
+    SAM-2 trains), ``"click"`` (one positive click at the object's centre, as the click
+    simulator places it) or ``"mask"`` (the mask itself)."""
+    if kind == "mask":
+        return FramePrompt(mask=mask)
+    if kind == "click":
+        return FramePrompt.clicks(positive=[deepest_point(mask, spacing, rng)])
+    if kind == "box":
+        r0, c0, r1, c1 = bounding_box(mask)
+        sides = np.array([r1 - r0, c1 - c0, r1 - r0, c1 - c0], float)
+        noise = np.clip(rng.normal(0.0, 1.0, 4) * BOX_NOISE * sides, -BOX_NOISE_MAX_PX, BOX_NOISE_MAX_PX)
+        height, width = mask.shape
+        lo = np.array([0, 0, 0, 0], float)
+        hi = np.array([height - 1, width - 1, height - 1, width - 1], float)
+        box = np.clip(np.array([r0, c0, r1, c1]) + noise, lo, hi)
+        if box[2] <= box[0] or box[3] <= box[1]:  # jitter collapsed a thin box: keep the tight one
+            box = np.array([r0, c0, r1, c1], float)
+            if box[2] <= box[0] or box[3] <= box[1]:
+                box[2:] = np.minimum(box[:2] + 1, hi[2:])
+                box[:2] = np.maximum(box[2:] - 1, 0)
+        return FramePrompt(box=tuple(float(v) for v in box))
+    raise TrainingError(f"unknown prompt kind {kind!r}; choose from {PROMPT_KINDS}")
+
+
+def check_prompt_probs(probs: Mapping[str, float]) -> dict[str, float]:
+    unknown = sorted(set(probs) - set(PROMPT_KINDS))
+    if unknown:
+        raise TrainingError(f"unknown prompt kinds {unknown}; choose from {PROMPT_KINDS}")
+    values = {k: float(v) for k, v in probs.items()}
+    if any(v < 0 for v in values.values()) or sum(values.values()) <= 0:
+        raise TrainingError(f"prompt probabilities must be >= 0 and not all zero, got {values}")
+    total = sum(values.values())
+    return {k: v / total for k, v in values.items()}
+
+
+class ClipSampler:
+    """An endless stream of :class:`Clip` from ``pairs``, reproducible from ``rng``.
+
+    Each clip: a volume (uniformly), one of its objects (uniformly), a direction (backwards
+    with ``reverse_prob``, SAM-2's time reversal), a first slice where the object is present,
+    and up to ``clip_length`` slices from there (fewer only when the volume ends first).
+    """
+
+    def __init__(
+        self,
+        pairs: list[VolumePair],
+        rng: np.random.Generator,
+        *,
+        clip_length: int = 8,
+        prompt_probs: Mapping[str, float] = PROMPT_PROBS,
+        reverse_prob: float = 0.5,
+    ):
+        if clip_length < 1:
+            raise TrainingError(f"clip_length must be at least 1, got {clip_length}")
+        if not 0.0 <= reverse_prob <= 1.0:
+            raise TrainingError(f"reverse_prob must lie in [0, 1], got {reverse_prob}")
+        self.pairs = pairs
+        self.rng = rng
+        self.clip_length = clip_length
+        self.prompt_probs = check_prompt_probs(prompt_probs)
+        self.reverse_prob = reverse_prob
+
+    def __iter__(self) -> Iterator[Clip]:
+        while True:
+            yield self.sample()
+
+    def sample(self) -> Clip:
+        rng = self.rng
+        pair = self.pairs[int(rng.integers(len(self.pairs)))]
+        ids = sorted(pair.objects)
+        object_id = ids[int(rng.integers(len(ids)))]
+        reverse = bool(rng.random() < self.reverse_prob)
+        present = pair.objects[object_id]
+        n, k = len(pair), self.clip_length
+        fits = present[present - (k - 1) >= 0] if reverse else present[present + k <= n]
+        candidates = fits if len(fits) else present
+        start = int(candidates[int(rng.integers(len(candidates)))])
+        frames = tuple(range(start, max(start - k, -1), -1)) if reverse else tuple(range(start, min(start + k, n)))
+        kinds = list(self.prompt_probs)
+        kind = kinds[int(rng.choice(len(kinds), p=[self.prompt_probs[x] for x in kinds]))]
+        return make_clip(pair, object_id, frames, kind, rng)
+
+
+def make_clip(pair: VolumePair, object_id: int, frames: Iterable[int], kind: str, rng: np.random.Generator) -> Clip:
+    """The clip of ``pair`` over ``frames`` (in tracking order) for ``object_id``, prompted on
+    its first frame with a prompt of ``kind``."""
+    frames = tuple(int(f) for f in frames)
+    index = list(frames)
+    images = np.stack([np.asarray(pair.image[f]) for f in index])
+    masks = np.stack([np.asarray(pair.label[f]) == object_id for f in index])
+    if not masks[0].any():
+        raise TrainingError(f"object {object_id} of {pair.name} is absent from slice {frames[0]}: a clip starts where its object is")
+    prompt = sample_prompt(masks[0], kind, rng, pair.spacing[1:])
+    return Clip(
+        volume=Volume(images, normalise=pair.window),
+        masks=masks,
+        prompt=prompt,
+        prompt_kind=kind,
+        source=pair.name,
+        object_id=object_id,
+        frames=frames,
+        spacing=pair.spacing,
+    )

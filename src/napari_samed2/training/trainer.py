@@ -1,0 +1,521 @@
+"""The fine-tuning loop: clips through the engine's own tracking step, with gradients.
+
+:func:`forward_clip` tracks one clip frame by frame with the pieces the engine uses, the
+memory (:class:`ObjectMemory`, :class:`MemoryEntry`, a memory policy's view) and
+:func:`napari_samed2.engine.step.track_step`: the prompt on frame 0, then each frame attending
+to the memory so far, with simulated correction clicks on some frames (a corrected frame
+becomes a conditioning frame, as in the engine). Under ``torch.no_grad`` in eval mode it
+gives the engine's masks (the oracle test checks that).
+
+:class:`Trainer` runs the loop as a generator of :class:`TrainProgress`: AdamW over the
+trainable parameters only, linear warm-up then cosine decay, gradient clipping, validation
+Dice through a :class:`~napari_samed2.engine.session.Session`, and checkpoints (also on
+Ctrl-C, or when the consumer stops early).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_samed2.engine.memory import MemoryEntry, ObjectMemory, make_policy
+from napari_samed2.engine.step import Features, StepOutput, encode_images, encode_prompt_memory, track_step
+from napari_samed2.errors import TrainingError
+from napari_samed2.evaluation.prompts import correction_click, start_prompt, with_click
+from napari_samed2.models.loading import LoadedModel
+from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
+from napari_samed2.training import checkpoints
+from napari_samed2.training.adapters import select_trainable
+from napari_samed2.training.data import PROMPT_PROBS, ClipSampler, Clip, VolumePair, check_prompt_probs
+from napari_samed2.training.losses import LOSS_WEIGHTS, check_weights, combine, mask_losses, mean_terms
+
+_LOGIT_CLAMP = 32.0  # as the engine: previous logits fed back with new clicks are clamped
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting (saved in the checkpoint's metadata).
+
+    ``train``: module names (see :mod:`.adapters`); ``clip_length``: slices per clip;
+    ``lr``: peak learning rate, reached after ``warmup_steps`` (default 5 % of ``steps``),
+    then cosine decay to ``lr * min_lr_ratio``; ``grad_clip``: max gradient norm (sam2's 0.1);
+    ``correction_frames``: frames per clip (frame 0 first) that get ``correction_clicks``
+    simulated clicks from their error region; ``val_every``: steps between validations
+    (0: never); ``save_every``: steps between checkpoints (0: only at the end).
+    """
+
+    steps: int = 1000
+    train: tuple[str, ...] = ("decoder", "memory")
+    clip_length: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 0.1
+    seed: int = 0
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    prompt_probs: dict[str, float] = field(default_factory=lambda: dict(PROMPT_PROBS))
+    reverse_prob: float = 0.5
+    correction_frames: int = 2
+    correction_clicks: int = 1
+    loss_weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
+    memory_policy: str = "stock"
+    val_every: int = 100
+    save_every: int = 500
+
+    def __post_init__(self) -> None:
+        train = self.train.split(",") if isinstance(self.train, str) else self.train
+        object.__setattr__(self, "train", tuple(t.strip() for t in train if t.strip()))
+        for name in ("steps", "clip_length"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("val_every", "save_every", "correction_frames", "correction_clicks"):
+            if getattr(self, name) < 0:
+                raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise TrainingError(f"lr must be positive, got {self.lr}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise TrainingError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        object.__setattr__(self, "prompt_probs", check_prompt_probs(self.prompt_probs))
+        object.__setattr__(self, "loss_weights", check_weights(self.loss_weights))
+        make_policy(self.memory_policy)
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else max(1, self.steps // 20)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for (1-based) ``step``: linear warm-up, then cosine decay."""
+        if step <= self.warmup:
+            return self.lr * step / max(1, self.warmup)
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        low = self.lr * self.min_lr_ratio
+        return low + (self.lr - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"train": ",".join(self.train)}
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One training step done: its loss and named terms, the learning rate, seconds since the
+    start; ``val_dice`` when validation ran on this step, ``saved`` when a checkpoint was written."""
+
+    step: int
+    steps: int
+    loss: float
+    terms: dict[str, float]
+    lr: float
+    elapsed: float
+    val_dice: float | None = None
+    saved: Path | None = None
+
+
+@dataclass
+class ClipOutputs:
+    """What :func:`forward_clip` produced: per clip frame, each output in order (the tracked
+    one, then one after each correction click); and the object's memory at the end."""
+
+    outputs: list[list[StepOutput]]
+    memory: ObjectMemory
+    clicks: int = 0
+
+
+def _frame_features(model: LoadedModel, clip: Clip, paired: bool) -> Iterator[tuple[int, Features]]:
+    """Each frame's features, computed one frame (or, with temporal adapters, one pair of
+    frames) at a time, as the engine does; gradients follow the caller's grad mode."""
+    size, preprocessing = model.image_size, model.spec.preprocessing
+    cached: dict[int, Features] = {}
+    for frame in range(len(clip)):
+        if frame not in cached:
+            frames = [frame]
+            if paired:
+                first = frame - frame % PAIR
+                frames = [first, min(first + 1, len(clip) - 1)]
+            images = torch.stack([clip.volume.model_input(f, size, preprocessing) for f in frames])
+            for f, features in zip(frames, encode_images(model.sam, images.to(model.device))):
+                cached.setdefault(f, features)
+        yield frame, cached.pop(frame)
+
+
+def _prediction(out: StepOutput, frame_shape: tuple[int, int], threshold: float) -> np.ndarray:
+    with torch.no_grad():
+        logits = F.interpolate(out.low_res.detach().float(), size=frame_shape, mode="bilinear", align_corners=False)
+    return (logits[0, 0] > threshold).cpu().numpy()
+
+
+def forward_clip(
+    model: LoadedModel,
+    clip: Clip,
+    *,
+    policy="stock",
+    correct: tuple[int, ...] = (),
+    clicks: int = 0,
+    rng: np.random.Generator | None = None,
+    train_encoder: bool = False,
+    memory_dtype: torch.dtype | None = None,
+) -> ClipOutputs:
+    """Track ``clip``'s object from its prompt on frame 0 through every frame.
+
+    ``correct``: clip frames that get up to ``clicks`` simulated correction clicks each (drawn
+    from ``rng`` by :func:`~napari_samed2.evaluation.prompts.correction_click`); the corrected
+    frame becomes a conditioning frame. Image features carry gradients only with
+    ``train_encoder``. ``memory_dtype`` casts stored memory features (the engine keeps them
+    in bfloat16; training keeps them as computed, so gradients flow through memory).
+    """
+    sam = model.sam
+    device = model.device
+    size = model.image_size
+    frame_shape = clip.volume.frame_shape
+    policy = make_policy(policy)
+    memory = ObjectMemory(clip.object_id)
+    pos_enc: list[torch.Tensor] = []
+    outputs: list[list[StepOutput]] = []
+    clicks_made = 0
+    if correct and rng is None:
+        raise TrainingError("correction clicks need a random generator (rng=np.random.default_rng(seed))")
+    grad_for_images = torch.enable_grad() if train_encoder and torch.is_grad_enabled() else torch.no_grad()
+
+    def store(maskmem: torch.Tensor | None) -> torch.Tensor | None:
+        return maskmem if maskmem is None or memory_dtype is None else maskmem.to(memory_dtype)
+
+    features_iter = _frame_features(model, clip, has_temporal_adapters(sam))
+    for frame in range(len(clip)):
+        with grad_for_images:
+            _, features = next(features_iter)
+        descriptor = features.descriptor.detach()
+        view = policy.view(memory, frame, False, sam, descriptor)
+        first = frame == 0
+        prompt = clip.prompt if first else None
+        out = track_step(
+            sam, features, view.to_sam2(pos_enc), frame, len(clip),
+            is_init_cond_frame=first, reverse=False,
+            point_inputs=prompt.point_inputs(frame_shape, size, device) if first else None,
+            mask_inputs=prompt.mask_input(size, device) if first else None,
+            encode_memory=not first,
+        )
+        tries = [out]
+        if frame in correct:
+            gt = clip.masks[frame]
+            for _ in range(clicks):
+                click = correction_click(
+                    gt[None], _prediction(out, frame_shape, model.spec.mask_threshold)[None], clip.spacing, rng
+                )
+                if click is None:
+                    break
+                prompt = with_click(prompt, click)
+                previous = out.low_res.clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP)
+                out = track_step(
+                    sam, features, view.to_sam2(pos_enc), frame, len(clip),
+                    is_init_cond_frame=first, reverse=False,
+                    point_inputs=prompt.point_inputs(frame_shape, size, device),
+                    prev_logits=previous, encode_memory=False,
+                )
+                tries.append(out)
+                clicks_made += 1
+        conditioning = first or len(tries) > 1
+        if conditioning:  # the prompted frame's memory, from its final mask (as the engine commits it)
+            maskmem, enc = encode_prompt_memory(sam, features, out.low_res, out.object_score)
+        else:
+            maskmem, enc = out.maskmem_features, out.maskmem_pos_enc
+        if not pos_enc:
+            pos_enc = [p[0:1] for p in enc]
+        with torch.no_grad():
+            iou, score = float(out.ious.max()), float(out.object_score.max())
+        memory.entries[frame] = MemoryEntry(
+            object_id=clip.object_id, frame=frame, conditioning=conditioning, reverse=False,
+            predicted_iou=iou, object_score=score, low_res_logits=out.low_res, obj_ptr=out.obj_ptr,
+            maskmem_features=store(maskmem), descriptor=descriptor.cpu(),
+        )
+        memory.tracked[frame] = False
+        outputs.append(tries)
+    return ClipOutputs(outputs, memory, clicks_made)
+
+
+def clip_targets(clip: Clip, image_size: int) -> torch.Tensor:
+    """The clip's masks at the model's image size, ``[K, 1, S, S]`` bool (resized as the
+    engine resizes mask prompts)."""
+    masks = torch.from_numpy(clip.masks)[:, None].float()
+    if masks.shape[-2:] != (image_size, image_size):
+        masks = F.interpolate(masks, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return masks >= 0.5
+
+
+def clip_loss_terms(outputs: ClipOutputs, targets: torch.Tensor, weights=LOSS_WEIGHTS) -> dict[str, torch.Tensor]:
+    """Every supervised output's terms, averaged over the clip."""
+    per_output = [
+        mask_losses(out.high_res_multimasks, out.ious, out.object_score, targets[frame : frame + 1], weights)
+        for frame, tries in enumerate(outputs.outputs)
+        for out in tries
+    ]
+    return mean_terms(per_output)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean volumes (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def validation_dice(model: LoadedModel, pairs: list[VolumePair], seed: int = 0, policy="stock") -> float:
+    """Mean Dice over every object of ``pairs``, segmented by the engine itself: a box on
+    the object's middle slice (the evaluation protocol's start), propagated both ways."""
+    from napari_samed2.engine.session import Session
+    from napari_samed2.engine.volume import Volume
+
+    rng = np.random.default_rng(seed)
+    scores = []
+    was_training = model.sam.training
+    model.sam.eval()
+    try:
+        for pair in pairs:
+            volume = Volume(pair.image, normalise=pair.window)
+            for object_id in sorted(pair.objects):
+                truth = np.asarray(pair.label) == object_id
+                frame, prompt = start_prompt(truth, pair.spacing, rng, "box")
+                session = Session(model, volume, policy=policy)
+                obj = session.add_object()
+                session.segment_frame(frame, obj, prompt)
+                for _ in session.propagate("both"):
+                    pass
+                scores.append(dice(session.labels() == obj, truth))
+    finally:
+        model.sam.train(was_training)
+    return float(np.mean(scores))
+
+
+class Trainer:
+    """The training state and loop. Build it with :func:`napari_samed2.training.train`."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        pairs: list[VolumePair],
+        config: TrainConfig,
+        out: Path,
+        *,
+        val_pairs: list[VolumePair] | None = None,
+        resume: str | Path | None = None,
+        base: str = "",
+    ):
+        self.model = model
+        self.config = config
+        self.out = out
+        self.val_pairs = val_pairs or []
+        self.base = base
+        torch.manual_seed(config.seed)  # LoRA's initial values, dropout
+        self.trainable = select_trainable(
+            model.sam, config.train, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha
+        )
+        parameters = dict(model.sam.named_parameters())
+        self.parameters = [parameters[n] for n in self.trainable]
+        self.train_encoder = any(n.startswith("image_encoder.") for n in self.trainable)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.best_dice: float | None = None
+        self.saved_step = 0
+        self.rng = np.random.default_rng(config.seed)
+        if resume is not None:
+            state = checkpoints.load_resume(resume, model.sam, self.trainable, self.optimizer)
+            self.step = self.saved_step = state.step
+            self.best_dice = state.best_dice
+            self.rng.bit_generator.state = state.numpy_rng
+        self._snapshot()
+        self.sampler = ClipSampler(
+            pairs, self.rng, clip_length=config.clip_length,
+            prompt_probs=config.prompt_probs, reverse_prob=config.reverse_prob,
+        )
+
+    # one step ---------------------------------------------------------------------------
+    def autocast(self):
+        if self.model.device.type == "cuda" and self.model.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.model.dtype)
+        return contextlib.nullcontext()
+
+    def loss_on(self, clip: Clip) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The forward pass and loss terms on one clip (model mode and grad mode as set)."""
+        cfg = self.config
+        others = np.arange(1, len(clip))
+        extra = self.rng.choice(others, size=min(len(others), max(0, cfg.correction_frames - 1)), replace=False)
+        correct = tuple(sorted({0, *extra.tolist()})) if cfg.correction_frames and cfg.correction_clicks else ()
+        with self.autocast():
+            outputs = forward_clip(
+                self.model, clip, policy=cfg.memory_policy, correct=correct, clicks=cfg.correction_clicks,
+                rng=self.rng, train_encoder=self.train_encoder,
+            )
+            terms = clip_loss_terms(outputs, clip_targets(clip, self.model.image_size).to(self.model.device), cfg.loss_weights)
+            total = combine(terms, cfg.loss_weights)
+        return total, terms
+
+    def train_step(self, clip: Clip) -> tuple[float, dict[str, float], float]:
+        self.model.sam.train()
+        lr = self.config.lr_at(self.step + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total, terms = self.loss_on(clip)
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"the loss is not finite at step {self.step + 1} ({float(total)}): lower the learning rate "
+                "(--lr) or check the images for NaN values"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self._snapshot()
+        return float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}, lr
+
+    # saving -----------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        """The random states as they are after the last finished step: an interrupted step
+        may already have drawn its clip, and a resumed run must draw that clip again."""
+        self._states = (self.rng.bit_generator.state, torch.get_rng_state())
+
+    def metadata(self, **extra) -> dict[str, str]:
+        return {
+            "step": str(self.step),
+            "train": ",".join(self.config.train),
+            "base_model": self.base,
+            "config": json.dumps(self.config.to_json()),
+            **{k: str(v) for k, v in extra.items() if v is not None},
+        }
+
+    def save(self, name: str = checkpoints.MODEL_FILE, **extra) -> Path:
+        """Write the model checkpoint ``name`` and the resume state into the output folder."""
+        path = checkpoints.save_model(
+            self.out / name, self.model.sam, self.trainable,
+            architecture=self.model.spec.name, image_size=self.model.image_size,
+            metadata=self.metadata(best_dice=self.best_dice, **extra),
+        )
+        checkpoints.save_resume(
+            self.out, self.model.sam, self.trainable, self.optimizer, step=self.step,
+            config=self.config.to_json(), numpy_rng=self._states[0], torch_rng=self._states[1],
+            best_dice=self.best_dice,
+        )
+        self.saved_step = self.step
+        return path
+
+    # the loop ---------------------------------------------------------------------------
+    def run(self) -> Iterator[TrainProgress]:
+        """Train until ``config.steps``, yielding after every step. Stopping early (Ctrl-C,
+        or closing the generator) saves a checkpoint first."""
+        cfg = self.config
+        start = time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                loss, terms, lr = self.train_step(self.sampler.sample())
+                val = saved = None
+                if self.val_pairs and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                    val = validation_dice(self.model, self.val_pairs, cfg.seed, cfg.memory_policy)
+                    if self.best_dice is None or val > self.best_dice:
+                        self.best_dice = val
+                        self.save(checkpoints.BEST_FILE, val_dice=val)
+                if self.step == cfg.steps or (cfg.save_every and self.step % cfg.save_every == 0):
+                    saved = self.save(val_dice=val)
+                yield TrainProgress(self.step, cfg.steps, loss, terms, lr, time.perf_counter() - start, val, saved)
+        except (KeyboardInterrupt, GeneratorExit):
+            if self.step > self.saved_step:
+                self.save()
+            raise
+
+
+def load_config(source: TrainConfig | str | Path | dict | None) -> TrainConfig:
+    """A :class:`TrainConfig` from itself, a dict, or a JSON file (e.g. the ``config`` a
+    checkpoint's metadata holds); ``None`` gives the defaults."""
+    if source is None:
+        return TrainConfig()
+    if isinstance(source, TrainConfig):
+        return source
+    if isinstance(source, str | Path):
+        try:
+            source = json.loads(Path(source).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"cannot read the training settings {str(source)!r} ({exc}): give a JSON file") from exc
+    if not isinstance(source, dict):
+        raise TrainingError("training settings must be a TrainConfig, a dict or a JSON file")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(source) - names)
+    if unknown:
+        raise TrainingError(f"unknown training settings {unknown}; the settings are {sorted(names)}")
+    return TrainConfig(**source)
+
+
+def train(
+    images,
+    labels=None,
+    *,
+    out: str | Path,
+    model: str | Path | LoadedModel = "sam2.1-tiny",
+    architecture: str | None = None,
+    val_images=None,
+    val_labels=None,
+    config: TrainConfig | str | Path | None = None,
+    train: str | None = None,
+    steps: int | None = None,
+    clip_length: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    warmup_steps: int | None = None,
+    grad_clip: float | None = None,
+    seed: int | None = None,
+    lora_rank: int | None = None,
+    correction_frames: int | None = None,
+    correction_clicks: int | None = None,
+    memory_policy: str | None = None,
+    val_every: int | None = None,
+    save_every: int | None = None,
+    image_size: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    axis: int = 0,
+    resume: str | Path | None = None,
+) -> Iterator[TrainProgress]:
+    """Fine-tune a model on (image, label) volumes; returns the training loop as a generator
+    of :class:`TrainProgress` (iterate it to train).
+
+    ``images``/``labels``: NIfTI/TIFF paths or arrays (one label volume per image, frames
+    along ``axis``), or ``images`` an iterable of ``(image, label)`` pairs and no labels.
+    ``model``: a registry name, a checkpoint path (``architecture`` names its model if its
+    keys do not), or a :class:`LoadedModel` (trained in place). ``config``: the settings as a
+    :class:`TrainConfig` or JSON file; each setting given here as an argument (not ``None``)
+    overrides it, e.g. ``train="decoder,memory"`` (module names, see
+    :mod:`napari_samed2.training.adapters`) or ``steps``. Checkpoints go to ``out``
+    (``model.safetensors``, ``best.safetensors`` with validation, resume state); ``resume``
+    continues the run saved in that folder. Every input is checked here, before any
+    training: errors are :class:`~napari_samed2.errors.SamEd2Error` subclasses.
+    """
+    from napari_samed2.models.loading import load_model
+    from napari_samed2.training.adapters import parse_modules
+    from napari_samed2.training.data import load_pairs
+
+    given = dict(
+        steps=steps, train=train, clip_length=clip_length, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
+        correction_frames=correction_frames, correction_clicks=correction_clicks,
+        memory_policy=memory_policy, val_every=val_every, save_every=save_every,
+    )
+    config = dataclasses.replace(load_config(config), **{k: v for k, v in given.items() if v is not None})
+    parse_modules(config.train)
+    folder = checkpoints.check_writable(out)
+    pairs = load_pairs(images, labels, axis=axis)
+    val_pairs = load_pairs(val_images, val_labels, axis=axis) if val_images is not None else []
+    if isinstance(model, LoadedModel):
+        loaded, base = model, model.spec.name
+    else:
+        loaded = load_model(model, architecture=architecture, device=device, dtype=dtype, image_size=image_size)
+        base = str(model)
+    trainer = Trainer(loaded, pairs, config, folder, val_pairs=val_pairs, resume=resume, base=base)
+    return trainer.run()

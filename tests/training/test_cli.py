@@ -1,0 +1,80 @@
+import inspect
+import subprocess
+import sys
+
+import tifffile
+
+from napari_samed2 import load_model
+from napari_samed2.train import build_parser, main
+from napari_samed2.training import train
+from tests.training.conftest import ellipse_pair
+
+
+def test_every_option_is_a_parameter_of_train():
+    parameters = inspect.signature(train).parameters
+    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert dests <= set(parameters), dests - set(parameters)
+    assert {"images", "labels", "out", "model", "train", "steps", "resume"} <= dests
+    # and train takes nothing the command line cannot give, except a LoadedModel for ``model``
+    assert set(parameters) <= dests
+
+
+def test_two_steps_end_to_end_write_a_loadable_checkpoint(tmp_path, tiny_checkpoint, capsys):
+    image, label = ellipse_pair(0)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "img_labels.tif", label)
+    out = tmp_path / "run"
+    code = main([
+        "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "img_labels.tif"),
+        "--model", str(tiny_checkpoint), "--train", "decoder", "--steps", "2", "--clip-length", "2",
+        "--image-size", "128", "--device", "cpu", "--correction-frames", "0", "--out", str(out),
+    ])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "step 2: saved" in captured.out + captured.err
+    model = load_model(out / "model.safetensors", device="cpu")
+    assert model.image_size == 128 and model.spec.name == "sam2.1-tiny"
+    assert (out / "resume.json").is_file()
+
+
+def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
+    code = main(["--images", "a.tif", "--labels", "b.tif", "--train", "everything", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown module name(s) to train: everything" in err and "decoder" in err
+
+
+def test_importing_training_loads_no_qt_or_napari():
+    code = (
+        "import sys, napari_samed2.training, napari_samed2.train;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('qtpy', 'napari', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ctrl_c_between_steps_saves_before_exiting(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """Ctrl-C while the command line draws the bar (not inside the training loop): the loop
+    is told, saves the finished step and the resume state, and the command exits with 130."""
+    import tqdm
+    from safetensors import safe_open
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tqdm.tqdm, "set_postfix", interrupt)
+    image, label = ellipse_pair(0)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lbl.tif", label)
+    out = tmp_path / "run"
+    code = main([
+        "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lbl.tif"), "--model", str(tiny_checkpoint),
+        "--train", "decoder", "--steps", "5", "--clip-length", "2", "--image-size", "128", "--device", "cpu",
+        "--correction-frames", "0", "--out", str(out),
+    ])
+    assert code == 130
+    assert f"--resume {out}" in capsys.readouterr().err
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        assert handle.metadata()["step"] == "1"
+    assert '"step": 1' in (out / "resume.json").read_text()

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from napari_samed2.errors import TrainingError
+from napari_samed2.training.data import ClipSampler, load_pairs, make_clip, make_pair, sample_prompt
+from tests.training.conftest import ellipse_pair
+
+
+def _clips(seed, n=12, **options):
+    pairs = load_pairs(*zip(ellipse_pair(0), ellipse_pair(1)))
+    sampler = ClipSampler(pairs, np.random.default_rng(seed), clip_length=4, **options)
+    return [sampler.sample() for _ in range(n)]
+
+
+def test_clips_are_reproducible_from_the_seed_and_start_where_the_object_is():
+    a, b, c = _clips(5), _clips(5), _clips(6)
+    key = lambda clip: (clip.source, clip.frames, clip.prompt_kind, clip.prompt.box)  # noqa: E731
+    assert [key(x) for x in a] == [key(x) for x in b]
+    assert [key(x) for x in a] != [key(x) for x in c]
+    for clip in a:
+        assert clip.masks[0].any() and len(clip) == 4
+        assert np.all(np.abs(np.diff(clip.frames)) == 1)
+    assert {clip.reverse for clip in a} == {True, False}
+    assert {clip.prompt_kind for clip in _clips(0, 40)} == {"box", "click", "mask"}
+
+
+def test_reversed_clip_holds_the_slices_in_tracking_order():
+    pair = make_pair(*ellipse_pair(0))
+    clip = make_clip(pair, 1, [5, 4, 3], "mask", np.random.default_rng(0))
+    assert clip.reverse
+    assert np.array_equal(clip.masks, pair.label[[5, 4, 3]] == 1)
+    assert np.array_equal(clip.volume.raw_frame(0), pair.image[5])
+    assert np.array_equal(clip.prompt.mask, clip.masks[0])
+
+
+def test_prompts_are_boxes_clicks_or_masks_inside_the_frame():
+    mask = np.zeros((40, 50), bool)
+    mask[10:20, 5:30] = True
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        box = sample_prompt(mask, "box", rng).box
+        assert 0 <= box[0] < box[2] <= 39 and 0 <= box[1] < box[3] <= 49
+        assert abs(box[0] - 10) <= 20 and abs(box[3] - 29) <= 20
+    click = sample_prompt(mask, "click", rng)
+    assert click.labels.tolist() == [1] and mask[tuple(click.points[0].astype(int))]
+    assert sample_prompt(mask, "mask", rng).mask is not None
+
+
+def test_only_prompt_kinds_and_probabilities_that_exist():
+    with pytest.raises(TrainingError, match="unknown prompt kinds"):
+        _clips(0, prompt_probs={"scribble": 1.0})
+    with pytest.raises(TrainingError, match="clip_length"):
+        ClipSampler(load_pairs(*ellipse_pair(0)), np.random.default_rng(0), clip_length=0)
+
+
+def test_axis_moves_the_slicing_axis_first():
+    image, label = ellipse_pair(0)
+    pair = make_pair(np.moveaxis(image, 0, 2), np.moveaxis(label, 0, 2), axis=2, spacing=(0.5, 0.5, 3.0))
+    assert pair.image.shape == image.shape and pair.spacing == (3.0, 0.5, 0.5)
+    assert np.array_equal(pair.label, label)
+
+
+def test_pairs_from_files_and_from_a_generator(tmp_path):
+    import tifffile
+
+    image, label = ellipse_pair(0)
+    tifffile.imwrite(tmp_path / "img.tif", image, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"spacing": 2.0})
+    tifffile.imwrite(tmp_path / "lbl.tif", label)
+    from_files = load_pairs([tmp_path / "img.tif"], [tmp_path / "lbl.tif"])[0]
+    from napari_samed2.io import read_image
+
+    assert from_files.name == "img.tif" and from_files.spacing == read_image(tmp_path / "img.tif")[0][1]["scale"]
+    assert from_files.spacing[1:] == pytest.approx((0.5, 0.5))  # the voxel size the file states
+    assert np.array_equal(from_files.label, label)
+    from_generator = load_pairs((ellipse_pair(seed) for seed in range(3)))
+    assert len(from_generator) == 3 and all(p.objects.keys() == {1} for p in from_generator)
+    with pytest.raises(TrainingError, match="labels are missing"):
+        load_pairs(image)
