@@ -23,11 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     from napari_samed2.training.trainer import TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m napari_samed2.train", description=__doc__.splitlines()[0])
-    p.add_argument("--images", nargs="+", required=True, help="NIfTI or TIFF image volumes")
-    p.add_argument("--labels", nargs="+", required=True, help="their label volumes, in the same order")
+    p.add_argument("--images", nargs="+", help="NIfTI or TIFF image volumes")
+    p.add_argument("--labels", nargs="+", help="their label volumes, in the same order")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="train on N synthetic volumes instead (validated on held-out synthetic volumes)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, best.safetensors, resume state")
     p.add_argument("--model", default="sam2.1-tiny", help="registry name or checkpoint file to start from")
     p.add_argument("--architecture", help="the model of a checkpoint whose keys do not say it")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="start --model's architecture from its initial weights, not trained ones")
     p.add_argument("--val-images", nargs="+", help="held-out image volumes for validation Dice")
     p.add_argument("--val-labels", nargs="+", help="their label volumes")
     d = TrainConfig()
@@ -43,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, help=f"rank of the LoRA adapters with --train lora (default: {d.lora_rank})")
     p.add_argument("--correction-frames", type=int, help=f"frames per clip with simulated correction clicks (default: {d.correction_frames})")
     p.add_argument("--correction-clicks", type=int, help=f"correction clicks per such frame (default: {d.correction_clicks})")
+    p.add_argument("--prompt-probs", type=_prompt_probs, metavar="KIND=P,...",
+                   help="first-slice prompt mix, e.g. box=0.5,click=0.25,mask=0.25 (default: SAM-2's)")
     p.add_argument("--memory-policy", help=f"memory policy while training: stock or confidence (default: {d.memory_policy})")
     p.add_argument("--val-every", type=int, help=f"steps between validations, 0: never (default: {d.val_every})")
     p.add_argument("--save-every", type=int, help=f"steps between checkpoints, 0: only at the end (default: {d.save_every})")
@@ -52,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", type=int, default=0, help="the slicing axis of the volumes")
     p.add_argument("--resume", help="output folder of an earlier run to continue")
     return p
+
+
+def _prompt_probs(text: str) -> dict[str, float]:
+    try:
+        return {kind.strip(): float(p) for kind, p in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KIND=P pairs, e.g. box=0.5,click=0.25,mask=0.25") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,3 +78,32 @@ def test_ctrl_c_between_steps_saves_before_exiting(tmp_path, tiny_checkpoint, mo
     with safe_open(str(out / "model.safetensors"), "pt") as handle:
         assert handle.metadata()["step"] == "1"
     assert '"step": 1' in (out / "resume.json").read_text()
+
+
+def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, capsys):
+    """How the demo model is made (with far fewer steps): its architecture's own initial
+    weights, synthetic training volumes, a box-heavy prompt mix, held-out validation."""
+    out = tmp_path / "demo"
+    code = main([
+        "--synthetic", "2", "--model", "demo", "--from-scratch", "--train", "all", "--steps", "2",
+        "--clip-length", "2", "--correction-frames", "0", "--prompt-probs", "box=0.5,click=0.25,mask=0.25",
+        "--val-every", "2", "--device", "cpu", "--out", str(out),
+    ])
+    assert code == 0, capsys.readouterr().err
+    model = load_model(out / "best.safetensors", device="cpu")
+    assert model.spec.name == "demo" and model.image_size == 256
+    config = __import__("json").loads(__import__("safetensors").safe_open(
+        str(out / "model.safetensors"), framework="pt").metadata()["config"])
+    assert config["prompt_probs"] == {"box": 0.5, "click": 0.25, "mask": 0.25}
+
+
+def test_training_data_is_files_or_synthetic_volumes_not_both(tmp_path, capsys):
+    assert main(["--model", "demo", "--from-scratch", "--out", str(tmp_path)]) == 2
+    assert "give training volumes" in capsys.readouterr().err
+    assert main(["--images", "a.tif", "--labels", "b.tif", "--synthetic", "3", "--out", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err
+    try:
+        main(["--synthetic", "1", "--prompt-probs", "box:1", "--out", str(tmp_path)])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "KIND=P pairs" in capsys.readouterr().err

@@ -432,6 +432,34 @@ class Trainer:
             raise
 
 
+SYNTHETIC_VALIDATION = 4  # held-out synthetic volumes validated on when training on synthetic data
+
+
+def synthetic_pairs(count: int, seed: int = 0, *, held_out: bool = False) -> list[VolumePair]:
+    """The first ``count`` volumes of the synthetic stream ``seed`` (or of the held-out stream)."""
+    import itertools
+
+    from napari_samed2.training.data import make_pair
+    from napari_samed2.training.synthetic import HELD_OUT_SEED, synthetic_stream
+
+    stream = synthetic_stream(HELD_OUT_SEED if held_out else seed, held_out=held_out)
+    return [
+        make_pair(case.image, case.labels, spacing=case.spacing, name=f"synthetic {'held-out ' if held_out else ''}{k}")
+        for k, case in enumerate(itertools.islice(stream, count))
+    ]
+
+
+def untrained_model(architecture: str, *, device="auto", dtype="auto", image_size: int | None = None) -> LoadedModel:
+    """A registry architecture with the initial weights of sam2's own constructors."""
+    from napari_samed2.models.loading import build_model, resolve_device, resolve_dtype
+    from napari_samed2.models.registry import get_spec
+
+    spec = get_spec(architecture)
+    torch_device = resolve_device(device)
+    sam = build_model(spec, image_size, device="cpu").to(torch_device)
+    return LoadedModel(spec, sam, torch_device, resolve_dtype(dtype, torch_device), None)
+
+
 def load_config(source: TrainConfig | str | Path | dict | None) -> TrainConfig:
     """A :class:`TrainConfig` from itself, a dict, or a JSON file (e.g. the ``config`` a
     checkpoint's metadata holds); ``None`` gives the defaults."""
@@ -454,12 +482,14 @@ def load_config(source: TrainConfig | str | Path | dict | None) -> TrainConfig:
 
 
 def train(
-    images,
+    images=None,
     labels=None,
     *,
     out: str | Path,
     model: str | Path | LoadedModel = "sam2.1-tiny",
     architecture: str | None = None,
+    from_scratch: bool = False,
+    synthetic: int = 0,
     val_images=None,
     val_labels=None,
     config: TrainConfig | str | Path | None = None,
@@ -474,6 +504,7 @@ def train(
     lora_rank: int | None = None,
     correction_frames: int | None = None,
     correction_clicks: int | None = None,
+    prompt_probs: dict[str, float] | None = None,
     memory_policy: str | None = None,
     val_every: int | None = None,
     save_every: int | None = None,
@@ -496,6 +527,12 @@ def train(
     (``model.safetensors``, ``best.safetensors`` with validation, resume state); ``resume``
     continues the run saved in that folder. Every input is checked here, before any
     training: errors are :class:`~napari_samed2.errors.SamEd2Error` subclasses.
+
+    ``synthetic=N`` trains on the first N volumes of the synthetic stream of ``seed`` (see
+    :mod:`.synthetic`) and, without validation volumes, validates on held-out synthetic ones;
+    ``from_scratch`` starts from the architecture's own initialisation instead of weights
+    (how the ``demo`` model is made); ``prompt_probs`` weighs the first slice's prompt kinds,
+    e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``.
     """
     from napari_samed2.models.loading import load_model
     from napari_samed2.training.adapters import parse_modules
@@ -504,16 +541,23 @@ def train(
     given = dict(
         steps=steps, train=train, clip_length=clip_length, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
-        correction_frames=correction_frames, correction_clicks=correction_clicks,
+        correction_frames=correction_frames, correction_clicks=correction_clicks, prompt_probs=prompt_probs,
         memory_policy=memory_policy, val_every=val_every, save_every=save_every,
     )
     config = dataclasses.replace(load_config(config), **{k: v for k, v in given.items() if v is not None})
     parse_modules(config.train)
     folder = checkpoints.check_writable(out)
-    pairs = load_pairs(images, labels, axis=axis)
-    val_pairs = load_pairs(val_images, val_labels, axis=axis) if val_images is not None else []
+    if synthetic < 0 or (images is None) == (synthetic == 0):
+        raise TrainingError("give training volumes (images and labels) or a number of synthetic volumes, not both")
+    pairs = load_pairs(images, labels, axis=axis) if images is not None else synthetic_pairs(synthetic, config.seed)
+    if val_images is not None:
+        val_pairs = load_pairs(val_images, val_labels, axis=axis)
+    else:
+        val_pairs = synthetic_pairs(SYNTHETIC_VALIDATION, held_out=True) if synthetic else []
     if isinstance(model, LoadedModel):
         loaded, base = model, model.spec.name
+    elif from_scratch:
+        loaded, base = untrained_model(str(model), device=device, dtype=dtype, image_size=image_size), f"{model} (untrained)"
     else:
         loaded = load_model(model, architecture=architecture, device=device, dtype=dtype, image_size=image_size)
         base = str(model)
