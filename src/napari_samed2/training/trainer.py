@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from napari_samed2.engine.memory import MemoryEntry, ObjectMemory, make_policy
 from napari_samed2.engine.step import Features, StepOutput, encode_images, encode_prompt_memory, track_step
 from napari_samed2.errors import TrainingError
-from napari_samed2.evaluation.prompts import correction_click, start_prompt, with_click
+from napari_samed2.evaluation.prompts import correction_click, with_click
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 from napari_samed2.training import checkpoints
@@ -262,34 +262,20 @@ def clip_loss_terms(outputs: ClipOutputs, targets: torch.Tensor, weights=LOSS_WE
     return mean_terms(per_output)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean volumes (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def validation_dice(model: LoadedModel, pairs: list[VolumePair], seed: int = 0, policy="stock") -> float:
-    """Mean Dice over every object of ``pairs``, segmented by the engine itself: a box on
-    the object's middle slice (the evaluation protocol's start), propagated both ways."""
-    from napari_samed2.engine.session import Session
-    from napari_samed2.engine.volume import Volume
+    """Mean Dice over every object of ``pairs`` after the evaluation protocol's start (a box
+    on the object's middle slice, propagated both ways), measured by the evaluation harness."""
+    from napari_samed2.evaluation.cases import EvalCase
+    from napari_samed2.evaluation.protocol import EvalProtocol, run_case
 
-    rng = np.random.default_rng(seed)
+    protocol = EvalProtocol(clicks=0, seed=seed)
     scores = []
     was_training = model.sam.training
     model.sam.eval()
     try:
-        for pair in pairs:
-            volume = Volume(pair.image, normalise=pair.window)
-            for object_id in sorted(pair.objects):
-                truth = np.asarray(pair.label) == object_id
-                frame, prompt = start_prompt(truth, pair.spacing, rng, "box")
-                session = Session(model, volume, policy=policy)
-                obj = session.add_object()
-                session.segment_frame(frame, obj, prompt)
-                for _ in session.propagate("both"):
-                    pass
-                scores.append(dice(session.labels() == obj, truth))
+        for index, pair in enumerate(pairs):  # pairs were checked when they were made
+            case = EvalCase(pair.name, np.asarray(pair.image), np.asarray(pair.label), pair.spacing)
+            scores += [record.dice for record in run_case(model, case, protocol, policy, case_index=index)]
     finally:
         model.sam.train(was_training)
     return float(np.mean(scores))
