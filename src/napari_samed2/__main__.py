@@ -1,7 +1,8 @@
 """``python -m napari_samed2 [files...]``: napari with the plugin's panels docked.
 
-With no file, it opens the plugin's synthetic sample volume, so a new user can try
-everything with nothing downloaded. ``--screenshot PATH`` saves the window once it is shown
+With no file, it opens the plugin's synthetic sample volume and, when the demo model's
+weights ship with the package, loads that model, so a new user gets real masks from the first
+click with nothing downloaded (``--model NAME`` loads another, ``--model none`` none). ``--screenshot PATH`` saves the window once it is shown
 and exits (used for the docs and to check a fresh install end to end).
 """
 
@@ -12,21 +13,23 @@ import argparse
 PLUGIN = "napari-samed2"
 
 
-def dock_all_widgets(viewer) -> list[str]:
-    """Dock every widget the plugin's manifest contributes; returns their names."""
+def dock_all_widgets(viewer) -> dict:
+    """Dock every widget the plugin's manifest contributes; returns them by name."""
     from npe2 import PluginManager
 
     manifest = PluginManager.instance().get_manifest(PLUGIN)
     names = [w.display_name for w in manifest.contributions.widgets or []]
-    for name in names:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return names
+    return {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in names}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m napari_samed2", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="NIfTI or TIFF volumes to open (default: the synthetic sample)")
     parser.add_argument("--screenshot", metavar="PATH", help="save a screenshot of the window and exit")
+    parser.add_argument(
+        "--model", default=None,
+        help="registry model to load at start (default: the demo model when its weights ship; 'none': none)",
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
             viewer.open(path, plugin=PLUGIN)
     else:
         viewer.open_sample(PLUGIN, "synthetic_mr")
-    dock_all_widgets(viewer)
+    widgets = dock_all_widgets(viewer)
+    start_model(widgets, args.model)
     viewer.window._qt_window.resize(1500, 950)
     if args.screenshot:
         def capture() -> None:
@@ -47,6 +51,22 @@ def main(argv: list[str] | None = None) -> None:
 
         QTimer.singleShot(1500, capture)
     napari.run()
+
+
+def start_model(widgets: dict, name: str | None) -> None:
+    """Load ``name`` (default: a model whose weights ship, if any) in the Model panel."""
+    from napari_samed2._widgets.model_panel import ModelPanel
+    from napari_samed2.models import MODELS, packaged_weights, ready_model
+
+    if name is None:
+        name = ready_model()
+        if packaged_weights(MODELS[name]) is None:
+            return  # nothing to load without a download: the user chooses
+    if name == "none":
+        return
+    panel = next(w for w in widgets.values() if isinstance(w, ModelPanel))
+    panel.choose(name)
+    panel.load()
 
 
 if __name__ == "__main__":

@@ -85,4 +85,4 @@ def test_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main([str(image), str(label), "--model", "no-such-model", "--out", str(blocker / "out")]) == 2
-    assert "cannot write results" in capsys.readouterr().err
+    assert "cannot write to the output folder" in capsys.readouterr().err

@@ -47,3 +47,35 @@ def test_choosing_file_without_a_path_asks_for_one(make_napari_viewer):
     panel.model_choice.setCurrentIndex(panel.model_choice.findText(FROM_FILE))
     panel.load()
     assert "Choose a checkpoint file" in panel.status.text()
+
+
+def test_the_launcher_offers_and_loads_the_packaged_demo_model(make_napari_viewer, qtbot):
+    """``python -m napari_samed2``: the demo model ships, so it is chosen and loaded at start
+    and the first click segments with nothing downloaded; every other model stays offered."""
+    from napari_samed2.__main__ import dock_all_widgets, start_model
+    from napari_samed2.models import MODELS
+
+    viewer = make_napari_viewer()
+    widgets = dock_all_widgets(viewer)
+    panel = next(w for w in widgets.values() if isinstance(w, ModelPanel))
+    assert panel.model_choice.currentData() == "demo"
+    assert {panel.model_choice.itemData(i) for i in range(panel.model_choice.count())} >= set(MODELS)
+    with qtbot.waitSignal(panel.model_changed, timeout=60_000) as signal:
+        start_model(widgets, None)
+    assert signal.args[0].spec.name == "demo" and signal.args[0].checkpoint.name == "demo.safetensors"
+    qtbot.waitUntil(panel.load_button.isEnabled, timeout=10_000)
+    start_model(widgets, "none")  # --model none: nothing is loaded or unloaded
+    assert panel.model is signal.args[0]
+
+
+def test_a_typed_checkpoint_path_is_read_as_its_own_architecture(make_napari_viewer):
+    panel = ModelPanel(make_napari_viewer())
+    panel.checkpoint_path.setText("/data/MedSAM2_latest.pt")
+    assert panel.model_choice.currentData() is None  # "Checkpoint file...": guessed from the file
+    assert panel.load_arguments() == ("/data/MedSAM2_latest.pt", {"device": "auto", "dtype": "auto"})
+    panel.model_choice.setCurrentIndex(panel.model_choice.findData("medsam2"))  # forced afterwards
+    assert panel.load_arguments()[1]["architecture"] == "medsam2"
+    panel.choose("sam2.1-small")
+    assert panel.checkpoint_path.text() == "" and panel.load_arguments() == (
+        "sam2.1-small", {"device": "auto", "dtype": "auto"}
+    )

@@ -35,6 +35,9 @@ def test_two_steps_end_to_end_write_a_loadable_checkpoint(tmp_path, tiny_checkpo
     model = load_model(out / "model.safetensors", device="cpu")
     assert model.image_size == 128 and model.spec.name == "sam2.1-tiny"
     assert (out / "resume.json").is_file()
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
 
 
 def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):

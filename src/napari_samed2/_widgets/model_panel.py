@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_samed2._widgets.state import shared_state
-from napari_samed2.models import DEFAULT_MODEL, MODELS, LoadedModel, load_model
+from napari_samed2.models import MODELS, LoadedModel, load_model, ready_model
 
 if TYPE_CHECKING:
     import napari
@@ -49,9 +49,12 @@ class ModelPanel(QWidget):
         for name, spec in MODELS.items():
             self.model_choice.addItem(spec.title, name)
         self.model_choice.addItem(FROM_FILE, None)
-        self.model_choice.setCurrentIndex(list(MODELS).index(DEFAULT_MODEL))
+        self.model_choice.setCurrentIndex(list(MODELS).index(ready_model()))
         self.checkpoint_path = QLineEdit()
         self.checkpoint_path.setPlaceholderText("path to .pt / .pth / .safetensors")
+        # a file's own keys say its architecture: typing a path stops the preselected model
+        # from being imposed on it (choose a model afterwards to force one)
+        self.checkpoint_path.textChanged.connect(self._on_path_changed)
         browse = QPushButton("Browse...")
         browse.clicked.connect(self._browse)
         path_row = QHBoxLayout()
@@ -94,6 +97,17 @@ class ModelPanel(QWidget):
         )
         if path:
             self.checkpoint_path.setText(path)
+
+    def choose(self, name: str) -> None:
+        """Select a registry model by name (what a script or the launcher does before ``load``)."""
+        index = self.model_choice.findData(name)
+        if index < 0:
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        self.checkpoint_path.clear()
+        self.model_choice.setCurrentIndex(index)
+
+    def _on_path_changed(self, text: str) -> None:
+        if text.strip():
             self.model_choice.setCurrentIndex(self.model_choice.findData(None))
 
     def load_arguments(self) -> tuple[str, dict]:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_samed2.engine.library import MemoryLibrary
-from napari_samed2.errors import ExistingFileError, ImageFileError
+from napari_samed2.errors import ExistingFileError
 from napari_samed2.evaluation.cases import EvalCase, SpacingAssumedWarning, find_pairs, pairs_from_arguments
 from napari_samed2.evaluation.metrics import clicks_to_reach, curve_auc, dice, normalized_surface_dice
 from napari_samed2.evaluation.protocol import POLICIES, EvalProtocol, StepRecord, run_case
+from napari_samed2.io._files import check_writable
 from napari_samed2.evaluation.report import (
     OUTPUT_FILES,
     EvaluationResults,
@@ -180,13 +181,7 @@ def _as_model(model, image_size: int | None, device: str) -> LoadedModel:
 def _check_output(out: Path, overwrite: bool) -> list[Path]:
     """Create ``out`` and check it is writable; the earlier results it holds, which only
     ``overwrite`` allows replacing."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ImageFileError(f"cannot write results to {out} ({exc.strerror or exc}); choose another --out folder") from exc
+    check_writable(out)
     existing = [out / name for name in (*OUTPUT_FILES, PARTIAL_CSV) if (out / name).exists()]
     if existing and not overwrite:
         raise ExistingFileError(

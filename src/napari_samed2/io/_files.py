@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from napari_samed2.errors import ExistingFileError, ImageFileError
+from napari_samed2.errors import ExistingFileError, ImageFileError, OutputFolderError
 
 # Longer suffixes before the ones they end with; the first is the default for writing.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -47,3 +47,19 @@ def replacing(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputFolderError(
+            f"cannot write to the output folder {str(folder)!r} ({exc.strerror or exc}): choose a folder "
+            "you can write to (--out), or fix its permissions"
+        ) from exc
+    return folder

@@ -136,12 +136,26 @@ def build_model(spec: ModelSpec, image_size: int | None = None, device: str | to
 PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
+def packaged_weights(spec: ModelSpec) -> Path | None:
+    """The weights file shipped in this package for ``spec``, if there is one."""
+    if spec.packaged_weights is None:
+        return None
+    path = PACKAGED_WEIGHTS_DIR / spec.packaged_weights
+    return path if path.is_file() else None
+
+
+def ready_model() -> str:
+    """The model to offer first: one whose weights ship with the package (segments with
+    nothing downloaded), else the registry default."""
+    return next((name for name, spec in MODELS.items() if packaged_weights(spec) is not None), DEFAULT_MODEL)
+
+
 def fetch_weights(spec: ModelSpec, cache_dir: str | Path | None = None) -> Path:
     """The weights file of ``spec``: shipped in this package, or downloaded from (or found in
     the cache of) the Hugging Face hub."""
     if spec.packaged_weights is not None:
-        path = PACKAGED_WEIGHTS_DIR / spec.packaged_weights
-        if path.is_file():
+        path = packaged_weights(spec)
+        if path is not None:
             return path
         raise WeightsUnavailableError(
             f"{spec.title}: its weights file {spec.packaged_weights} is not in this installation "

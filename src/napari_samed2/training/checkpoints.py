@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from napari_samed2.errors import CheckpointError, OutputFolderError
+from napari_samed2.errors import CheckpointError
 from napari_samed2.training.adapters import check_frozen, merged_state_dict
 
 FORMAT = "napari-samed2/training"
@@ -28,22 +28,7 @@ MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 RESUME_TENSORS = "resume.safetensors"
 RESUME_STATE = "resume.json"
-
-
-def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and prove a file can be written there, before any work."""
-    folder = Path(folder).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputFolderError(
-            f"cannot write to the output folder {str(folder)!r} ({exc.strerror or exc}): choose a folder "
-            "you can write to (--out), or fix its permissions"
-        ) from exc
-    return folder
+LOG_FILE = "log.csv"
 
 
 def _replace_into(path: Path, write) -> Path:
@@ -75,6 +60,26 @@ def save_model(
     info = {"format": FORMAT, "architecture": architecture, "image_size": str(int(image_size))}
     info.update({k: str(v) for k, v in (metadata or {}).items()})
     return _replace_into(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=info))
+
+
+def export_weights(source: str | Path, destination: str | Path, *, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A trained checkpoint as a compact file to ship or share: floating tensors in ``dtype``
+    (half the size of float32; ``load_model`` loads them into the float32 model), the
+    training metadata kept. This is how the demo model's packaged weights are made."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {
+            k: (t.to(dtype) if t.is_floating_point() else t).contiguous()
+            for k in handle.keys()
+            for t in [handle.get_tensor(k)]
+        }
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{source} is not a training checkpoint of napari-samed2 (no training metadata)")
+    metadata["exported_dtype"] = str(dtype).removeprefix("torch.")
+    return _replace_into(Path(destination), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from napari_samed2.engine.memory import MemoryEntry, ObjectMemory, make_policy
 from napari_samed2.engine.step import Features, StepOutput, encode_images, encode_prompt_memory, track_step
 from napari_samed2.errors import TrainingError
+from napari_samed2.io._files import check_writable
 from napari_samed2.evaluation.prompts import correction_click, with_click
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
@@ -394,6 +395,19 @@ class Trainer:
         self.saved_step = self.step
         return path
 
+    def _log(self, progress: TrainProgress) -> None:
+        """One row per step in ``log.csv`` (loss, its terms, learning rate, validation Dice):
+        the loss curve, kept across resumes."""
+        path = self.out / checkpoints.LOG_FILE
+        names = sorted(progress.terms)
+        new = not path.exists() or progress.step == 1
+        with path.open("w" if new else "a") as handle:
+            if new:
+                handle.write(",".join(["step", "loss", *names, "lr", "val_dice", "seconds"]) + "\n")
+            values = [progress.loss, *(progress.terms[n] for n in names), progress.lr]
+            val = "" if progress.val_dice is None else f"{progress.val_dice:.6g}"
+            handle.write(",".join([str(progress.step), *(f"{v:.6g}" for v in values), val, f"{progress.elapsed:.1f}"]) + "\n")
+
     # the loop ---------------------------------------------------------------------------
     def run(self) -> Iterator[TrainProgress]:
         """Train until ``config.steps``, yielding after every step. Stopping early (Ctrl-C,
@@ -411,7 +425,9 @@ class Trainer:
                         self.save(checkpoints.BEST_FILE, val_dice=val)
                 if self.step == cfg.steps or (cfg.save_every and self.step % cfg.save_every == 0):
                     saved = self.save(val_dice=val)
-                yield TrainProgress(self.step, cfg.steps, loss, terms, lr, time.perf_counter() - start, val, saved)
+                progress = TrainProgress(self.step, cfg.steps, loss, terms, lr, time.perf_counter() - start, val, saved)
+                self._log(progress)
+                yield progress
         except (KeyboardInterrupt, GeneratorExit):
             if self.step > self.saved_step:
                 self.save()
@@ -532,7 +548,7 @@ def train(
     )
     config = dataclasses.replace(load_config(config), **{k: v for k, v in given.items() if v is not None})
     parse_modules(config.train)
-    folder = checkpoints.check_writable(out)
+    folder = check_writable(out)
     if synthetic < 0 or (images is None) == (synthetic == 0):
         raise TrainingError("give training volumes (images and labels) or a number of synthetic volumes, not both")
     pairs = load_pairs(images, labels, axis=axis) if images is not None else synthetic_pairs(synthetic, config.seed)
