@@ -130,6 +130,10 @@ def build_model(spec: ModelSpec, image_size: int | None = None, device: str | to
         sam.to(device)
     if not HAS_SAM2_EXTENSION:
         sam.fill_hole_area = 0
+    if not (sam.multimask_output_in_sam or sam.multimask_output_for_tracking):
+        # sam2's predictor swaps an unstable single mask for the best of the three other
+        # mask tokens; a model that never outputs several masks never trained those tokens
+        sam.sam_mask_decoder.dynamic_multimask_via_stability = False
     return sam.eval()
 
 
