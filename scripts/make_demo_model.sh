@@ -3,12 +3,12 @@
 # SAM 2.1's modules at 4.1 M parameters (models/configs/demo.yaml), trained from their own
 # initial weights on 300 synthetic volumes (training/synthetic.py, seed 0), validated on 4
 # held-out ones; the checkpoint with the best validation Dice is exported in bfloat16.
-# About 45-50 minutes on a 2-core CPU (torch's default 2 threads; keep the machine otherwise idle).
+# About 35 minutes on a 2-core CPU (keep the machine otherwise idle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/demo}"
 .venv/bin/python -m napari_samed2.train --synthetic 300 --model demo --from-scratch --train all \
-  --steps 2500 --lr 4e-4 --grad-clip 1.0 --weight-decay 0.05 --prompt-probs box=0.5,click=0.25,mask=0.25 \
+  --steps 1750 --lr 4e-4 --grad-clip 1.0 --weight-decay 0.05 --prompt-probs box=0.5,click=0.25,mask=0.25 \
   --val-every 250 --save-every 250 --seed 0 --device cpu --out "$OUT"
 .venv/bin/python -c "
 import sys

@@ -49,20 +49,30 @@ def test_choosing_file_without_a_path_asks_for_one(make_napari_viewer):
     assert "Choose a checkpoint file" in panel.status.text()
 
 
-def test_the_launcher_offers_and_loads_the_packaged_demo_model(make_napari_viewer, qtbot):
-    """``python -m napari_samed2``: the demo model ships, so it is chosen and loaded at start
-    and the first click segments with nothing downloaded; every other model stays offered."""
+def test_the_launcher_offers_and_loads_a_model_whose_weights_ship(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """``python -m napari_samed2``: when the demo model's weights ship in the package, it is
+    offered first and loaded at start (here a random-weight stand-in in the weights folder);
+    without them nothing is loaded and the registry default is offered."""
     from napari_samed2.__main__ import dock_all_widgets, start_model
-    from napari_samed2.models import MODELS
+    from napari_samed2.models import DEFAULT_MODEL, MODELS, loading
+    from napari_samed2.models.random_weights import save_random_checkpoint
 
+    monkeypatch.setattr(loading, "PACKAGED_WEIGHTS_DIR", tmp_path)
     viewer = make_napari_viewer()
     widgets = dock_all_widgets(viewer)
+    panel = next(w for w in widgets.values() if isinstance(w, ModelPanel))
+    assert panel.model_choice.currentData() == DEFAULT_MODEL
+    start_model(widgets, None)
+    assert panel.load_button.isEnabled() and panel.model is None  # nothing to load offline
+
+    save_random_checkpoint(tmp_path / "demo.safetensors", "demo")
+    widgets = dock_all_widgets(make_napari_viewer())
     panel = next(w for w in widgets.values() if isinstance(w, ModelPanel))
     assert panel.model_choice.currentData() == "demo"
     assert {panel.model_choice.itemData(i) for i in range(panel.model_choice.count())} >= set(MODELS)
     with qtbot.waitSignal(panel.model_changed, timeout=60_000) as signal:
         start_model(widgets, None)
-    assert signal.args[0].spec.name == "demo" and signal.args[0].checkpoint.name == "demo.safetensors"
+    assert signal.args[0].spec.name == "demo" and signal.args[0].checkpoint == tmp_path / "demo.safetensors"
     qtbot.waitUntil(panel.load_button.isEnabled, timeout=10_000)
     start_model(widgets, "none")  # --model none: nothing is loaded or unloaded
     assert panel.model is signal.args[0]

@@ -104,3 +104,4 @@ def test_a_session_segments_and_propagates_with_the_demo(demo_model):
     assert {r.frame for r in session.propagate("both")} == set(range(4))
     assert session.frames_encoded == 4
     assert session.labels().shape == image.shape
+
