@@ -164,3 +164,23 @@ def test_temporal_adapters_train_alone_and_only_where_they_exist(tiny_model):
     trainable = select_trainable(samed2, "temporal_adapter")
     assert len(trainable) == 16 * 8 and all(".adapter." in n for n in trainable)
     assert sum(p.requires_grad for p in samed2.parameters()) == len(trainable)
+
+
+def test_subnormal_adam_moments_are_flushed_to_zero():
+    """A parameter whose gradient is exactly zero has its first moment shrink by 0.9 a step
+    into subnormal floats, which slowed CPU training 2.5x; the trainer zeroes them."""
+    from types import SimpleNamespace
+
+    from napari_samed2.training.trainer import Trainer
+
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([weight], lr=1e-3)
+    weight.grad = torch.ones(4)
+    optimizer.step()
+    moments = optimizer.state[weight]
+    moments["exp_avg"].copy_(torch.tensor([1e-39, -1e-40, 1e-30, 0.5]))
+    Trainer._flush_subnormal_moments(SimpleNamespace(optimizer=optimizer))
+    flushed = moments["exp_avg"].tolist()
+    assert flushed[:2] == [0.0, 0.0]  # exactly zero, not merely tiny
+    assert flushed[2:] == pytest.approx([1e-30, 0.5], rel=1e-6, abs=0)
+    assert moments["step"].item() == 1  # counters are left alone
