@@ -141,13 +141,14 @@ def evaluate_cases(
 
 def evaluate(
     model: LoadedModel | str | os.PathLike, image, label, *, spacing: Sequence[float] | None = None,
-    name: str = "case", **options,
+    name: str | None = None, **options,
 ) -> EvaluationResults:
-    """Evaluate one volume (arrays, or file paths) with the options of :func:`evaluate_cases`."""
+    """Evaluate one volume (arrays, or file paths) with the options of :func:`evaluate_cases`.
+    ``name`` labels the case in the results (default: the image file's name, or "case")."""
     if isinstance(image, str | os.PathLike) and isinstance(label, str | os.PathLike):
-        case = EvalCase.from_files(image, label, name=None if name == "case" else name)
+        case = EvalCase.from_files(image, label, name=name)
     else:
-        case = EvalCase.from_arrays(image, label, spacing, name=name)
+        case = EvalCase.from_arrays(image, label, spacing, name=name or "case")
     return evaluate_cases(model, [case], **options)
 
 
