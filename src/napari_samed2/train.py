@@ -69,13 +69,6 @@ def _prompt_probs(text: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    # Subnormal floats appear in activations and gradients as training goes on; x86 CPUs
-    # compute them in microcode (a demo run slowed from 1.1 to 2.8 s a step after ~800 steps;
-    # 1.4 instead of 3.4 s with this, one thread). Set before torch starts its worker threads,
-    # which inherit the setting: this command owns its process, a library call does not.
-    torch.set_flush_denormal(True)
     from tqdm import tqdm
 
     from napari_samed2.training import train

@@ -369,8 +369,9 @@ class Trainer:
     def _flush_subnormal_moments(self) -> None:
         """Set Adam's moments below float32's normal range to zero. A parameter whose gradient
         is exactly zero has its first moment shrink by 0.9 a step, into subnormal numbers after
-        ~830 steps, and subnormal numbers are computed in microcode on x86 CPUs (see
-        ``train.main``, which also flushes them in activations and gradients)."""
+        ~830 steps, and subnormal numbers are computed in microcode on x86 CPUs. (Flushing
+        them everywhere, ``torch.set_flush_denormal``, also sped up activations and gradients,
+        but made scipy's KD-tree, which MONAI's NSD builds, recurse until the stack overflowed.)"""
         tiny = torch.finfo(torch.float32).tiny
         for state in self.optimizer.state.values():
             for value in state.values():
