@@ -3,7 +3,8 @@
 # SAM 2.1's modules at 4.1 M parameters (models/configs/demo.yaml), trained from their own
 # initial weights on 300 synthetic volumes (training/synthetic.py, seed 0), validated on 4
 # held-out ones; the checkpoint with the best validation Dice is exported in bfloat16.
-# About 35 minutes on a 2-core CPU (keep the machine otherwise idle).
+# 30-60 minutes on an otherwise idle 2-core CPU (1.1 s a step at first; subnormal floats slowed
+# later steps in the first run, see docs/training.md). Not yet run end to end as written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/demo}"
