@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the demo model shipped in src/napari_samed2/models/weights/demo.safetensors:
+# Make the demo model's weights, src/napari_samed2/models/weights/demo.safetensors (none ship yet):
 # SAM 2.1's modules at 4.1 M parameters (models/configs/demo.yaml), trained from their own
 # initial weights on 300 synthetic volumes (training/synthetic.py, seed 0), validated on 4
 # held-out ones; the checkpoint with the best validation Dice is exported in bfloat16.
