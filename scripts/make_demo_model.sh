@@ -11,6 +11,7 @@ OUT="${1:-runs/demo}"
 .venv/bin/python -m napari_samed2.train --synthetic 300 --model demo --from-scratch --train all \
   --steps 1750 --lr 4e-4 --grad-clip 1.0 --weight-decay 0.05 --prompt-probs box=0.5,click=0.25,mask=0.25 \
   --val-every 250 --save-every 250 --seed 0 --device cpu --out "$OUT"
+mkdir -p src/napari_samed2/models/weights
 .venv/bin/python -c "
 import sys
 from napari_samed2.training.checkpoints import export_weights

@@ -14,13 +14,13 @@ Every file is written to a temporary name in the same folder, then moved into pl
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from napari_samed2.errors import CheckpointError
+from napari_samed2.io._files import replacing
 from napari_samed2.training.adapters import check_frozen, merged_state_dict
 
 FORMAT = "napari-samed2/training"
@@ -32,13 +32,9 @@ LOG_FILE = "log.csv"
 
 
 def _replace_into(path: Path, write) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``write`` a temporary sibling of ``path``, then move it into place (io's ``replacing``)."""
+    with replacing(path, overwrite=True) as partial:
+        write(partial)
     return path
 
 
