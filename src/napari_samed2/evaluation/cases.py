@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,8 @@ class EvalCase:
     @classmethod
     def from_files(cls, image_path: str | Path, label_path: str | Path, name: str | None = None) -> EvalCase:
         """Read a NIfTI or TIFF pair with the plugin's readers (same orientation for both)."""
-        image, scale, unit = _read_one(image_path, "image")
-        label, _, _ = _read_one(label_path, "label")
+        image, scale, unit = read_volume(image_path, "image")
+        label, _, _ = read_volume(label_path, "label")
         name = name or _case_name(Path(image_path))
         assumed = unit is None
         if assumed:
@@ -75,7 +76,7 @@ class EvalCase:
             spacing = ASSUMED_SPACING
         else:
             spacing = tuple(float(s) * _MM_PER_UNIT[unit] for s in scale)
-        case = cls(name, image, label, spacing, assumed)
+        case = cls(name, np.asarray(image), np.asarray(label), spacing, assumed)
         case.check(f"{Path(image_path).name} / {Path(label_path).name}")
         return case
 
@@ -176,7 +177,9 @@ def pairs_from_arguments(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]
     return pairs
 
 
-def _read_one(path: str | Path, role: str) -> tuple[np.ndarray, tuple[float, ...], str | None]:
+def read_volume(path: str | Path, role: str = "image") -> tuple[Any, tuple[float, ...], str | None]:
+    """One NIfTI or TIFF volume as its reader gives it (lazy for big files), its voxel size
+    (napari ``scale``) and the unit of that size (``None`` when the file names none)."""
     path = Path(path)
     if not path.is_file():
         raise ImageFileError(f"{role} file {path} does not exist; check the path")
@@ -187,7 +190,7 @@ def _read_one(path: str | Path, role: str) -> tuple[np.ndarray, tuple[float, ...
     unit = kwargs.get("metadata", {}).get("unit")
     if unit is not None and unit not in _MM_PER_UNIT:
         raise ImageFileError(f"{path.name}: unknown length unit {unit!r}; give voxel sizes in mm or µm")
-    return np.asarray(data), tuple(kwargs.get("scale", ASSUMED_SPACING)), unit
+    return data, tuple(kwargs.get("scale", ASSUMED_SPACING)), unit
 
 
 def _volume_files(folder: Path) -> Iterable[Path]:

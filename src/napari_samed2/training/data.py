@@ -54,11 +54,10 @@ class VolumePair:
 def _read(source, what: str) -> tuple[Any, str, tuple | None]:
     """The array, a name for messages, and the voxel size a file states (napari ``scale``)."""
     if isinstance(source, str | os.PathLike):
-        from napari_samed2.io import read_image
+        from napari_samed2.evaluation.cases import read_volume
 
-        path = Path(source)
-        data, kwargs, _ = read_image(path)[0]
-        return data, path.name, kwargs.get("scale")
+        data, scale, _ = read_volume(source, what)
+        return data, Path(source).name, scale
     if hasattr(source, "shape") and hasattr(source, "__getitem__"):
         return source, f"{what} array", None
     raise TrainingError(
