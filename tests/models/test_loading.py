@@ -5,7 +5,7 @@ import torch
 
 from napari_samed2 import load_model
 from napari_samed2.errors import CheckpointError, CheckpointMismatchError, WeightsUnavailableError
-from napari_samed2.models import get_spec, resolve_device
+from napari_samed2.models import fetch_weights, get_spec, resolve_device
 from napari_samed2.models.checkpoint import guess_architecture, read_state_dict
 from napari_samed2.models.random_weights import random_state_dict, save_random_checkpoint
 
@@ -126,6 +126,45 @@ def test_unreachable_hub_is_an_explained_error(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ETAG_TIMEOUT", 2)
     with pytest.raises(WeightsUnavailableError, match="offline"):
         load_model("medsam2", cache_dir=tmp_path / "empty-cache")
+
+
+def test_no_network_fails_at_once_without_the_hub_clients_retries(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    import huggingface_hub
+
+    def no_route(address, timeout=None):
+        raise OSError(101, "Network is unreachable")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the hub client was called although the hub cannot be reached")
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", must_not_run)
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="seems offline .*Network is unreachable.*load_model"):
+        load_model("sam2.1-tiny", cache_dir=tmp_path / "empty-cache")
+    assert time.perf_counter() - start < 5
+
+
+def test_a_cached_download_loads_without_the_network(tmp_path, monkeypatch, tiny_checkpoint):
+    import shutil
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a cached file must not touch the network")
+
+    # the hub cache's layout: models--owner--name/snapshots/<revision>/<file>, refs/main
+    repo = tmp_path / "hub" / "models--facebook--sam2.1-hiera-tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, repo / "snapshots" / "abc123" / "sam2.1_hiera_tiny.pt")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert fetch_weights(get_spec("sam2.1-tiny"), tmp_path / "hub") == repo / "snapshots" / "abc123" / "sam2.1_hiera_tiny.pt"
 
 
 def test_samed2_weights_must_be_local():

@@ -171,19 +171,52 @@ def fetch_weights(spec: ModelSpec, cache_dir: str | Path | None = None) -> Path:
             f"{spec.title} cannot be downloaded automatically. {spec.weights_hint}: "
             f"load_model('/path/to/checkpoint.pth', architecture={spec.name!r})."
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    try:
-        return Path(hf_hub_download(spec.hf_repo, spec.hf_filename, cache_dir=cache_dir))
-    except Exception as exc:  # the hub raises many types (HTTP, offline, cache); all mean "no file"
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(". ")
-        raise WeightsUnavailableError(
+    def unavailable(reason: str) -> WeightsUnavailableError:
+        return WeightsUnavailableError(
             f"Could not get {spec.hf_filename} from the Hugging Face hub ({spec.hf_repo}): "
             f"{reason}. If this machine is offline, download the file elsewhere and pass its "
             f"path: load_model('/path/to/{spec.hf_filename}'), or place it in the Hugging Face "
             f"cache ({cache_dir or HF_HUB_CACHE}) with `hf download {spec.hf_repo} {spec.hf_filename}`."
-        ) from exc
+        )
+
+    cached = try_to_load_from_cache(spec.hf_repo, spec.hf_filename, cache_dir=cache_dir)
+    if isinstance(cached, str):
+        return Path(cached)
+    unreachable = hub_unreachable()
+    if unreachable:  # fail in milliseconds: the hub client retries for ~24 s before giving up
+        raise unavailable(unreachable)
+    try:
+        return Path(hf_hub_download(spec.hf_repo, spec.hf_filename, cache_dir=cache_dir))
+    except Exception as exc:  # the hub raises many types (HTTP, offline, cache); all mean "no file"
+        raise unavailable((str(exc).splitlines() or [type(exc).__name__])[0].rstrip(". ")) from exc
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, no name resolution, no
+    connection within ``timeout``), or ``None`` when it can or a proxy decides (a proxy may
+    reach what a direct connection cannot, so the hub client is left to try)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"this machine seems offline ({url.hostname}:{port} cannot be reached: {exc.strerror or exc})"
+    return None
 
 
 def looks_like_path(name_or_path: str | os.PathLike) -> bool:
