@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Make the demo model's weights, src/napari_samed2/models/weights/demo.safetensors (none ship yet):
+# Make the demo model's weights, src/napari_samed2/models/weights/demo.safetensors:
 # SAM 2.1's modules at 4.1 M parameters (models/configs/demo.yaml), trained from their own
-# initial weights on 300 synthetic volumes (training/synthetic.py, seed 0), validated on 4
-# held-out ones; the checkpoint with the best validation Dice is exported in bfloat16.
-# 30-60 minutes on an otherwise idle 2-core CPU (1.1 s a step at first; subnormal floats slowed
-# later steps in the first run, see docs/training.md). Not yet run end to end as written.
+# initial weights on 300 synthetic volumes (training/synthetic.py, seed 0) in two stages, as
+# SAM-2 itself is trained (images first, then videos):
+#   1. single slices (clips of 1): a box or a click, then 2 simulated correction clicks, so the
+#      encoder and mask decoder learn to segment a prompted object (0.18 s a step);
+#   2. clips of 8 slices tracked with memory from the first slice's prompt, validated on 4
+#      held-out volumes every 250 steps (1 s a step).
+# The checkpoint with the best validation Dice is exported in bfloat16. About an hour on an
+# otherwise idle 2-core CPU; anything else running on the CPU slows it a lot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/demo}"
-.venv/bin/python -m napari_samed2.train --synthetic 300 --model demo --from-scratch --train all \
-  --steps 1750 --lr 4e-4 --grad-clip 1.0 --weight-decay 0.05 --prompt-probs box=0.5,click=0.25,mask=0.25 \
-  --val-every 250 --save-every 250 --seed 0 --device cpu --out "$OUT"
+COMMON=(--synthetic 300 --train all --grad-clip 1.0 --weight-decay 0.05 --seed 0 --device cpu)
+.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model demo --from-scratch \
+  --clip-length 1 --steps 4000 --lr 4e-4 --prompt-probs box=0.6,click=0.4 \
+  --correction-frames 1 --correction-clicks 2 --val-every 0 --save-every 1000 --out "$OUT/image"
+.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model "$OUT/image/model.safetensors" \
+  --clip-length 8 --steps 2000 --lr 2e-4 --prompt-probs box=0.6,click=0.2,mask=0.2 \
+  --val-every 250 --save-every 250 --out "$OUT/video"
 mkdir -p src/napari_samed2/models/weights
 .venv/bin/python -c "
 import sys
 from napari_samed2.training.checkpoints import export_weights
-export_weights(sys.argv[1] + '/best.safetensors', 'src/napari_samed2/models/weights/demo.safetensors')
+export_weights(sys.argv[1] + '/video/best.safetensors', 'src/napari_samed2/models/weights/demo.safetensors')
 " "$OUT"
 ls -l src/napari_samed2/models/weights/demo.safetensors

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import napari
 
 FROM_FILE = "Checkpoint file..."
+IMAGE_SIZES = (256, 512, 1024)
 
 
 class ModelPanel(QWidget):
@@ -65,6 +66,14 @@ class ModelPanel(QWidget):
         self.device_choice.addItems(["auto", "cuda", "mps", "cpu"])
         self.dtype_choice = QComboBox()
         self.dtype_choice.addItems(["auto", "float32", "bfloat16", "float16"])
+        self.size_choice = QComboBox()
+        self.size_choice.addItem("auto", None)
+        for size in IMAGE_SIZES:
+            self.size_choice.addItem(f"{size} px", size)
+        self.size_choice.setToolTip(
+            "The model's input size. auto: what a checkpoint file states, else the model's own "
+            "(1024 px for SAM 2.1). Smaller is faster and coarser."
+        )
 
         self.load_button = QPushButton("Load model")
         self.load_button.clicked.connect(self.load)
@@ -81,6 +90,7 @@ class ModelPanel(QWidget):
         form.addRow("Checkpoint", path_row)
         form.addRow("Device", self.device_choice)
         form.addRow("Precision", self.dtype_choice)
+        form.addRow("Image size", self.size_choice)
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.unload_button)
@@ -115,6 +125,8 @@ class ModelPanel(QWidget):
         name = self.model_choice.currentData()
         path = self.checkpoint_path.text().strip()
         kwargs = {"device": self.device_choice.currentText(), "dtype": self.dtype_choice.currentText()}
+        if self.size_choice.currentData() is not None:
+            kwargs["image_size"] = self.size_choice.currentData()
         if name is None or path:
             if not path:
                 raise ValueError("Choose a checkpoint file, or pick a model from the list.")
@@ -126,6 +138,8 @@ class ModelPanel(QWidget):
     def load(self) -> None:
         from napari.qt.threading import create_worker
 
+        if self._refuse_while_segmenting():
+            return
         try:
             target, kwargs = self.load_arguments()
         except ValueError as exc:
@@ -145,14 +159,28 @@ class ModelPanel(QWidget):
         )
 
     def unload(self) -> None:
+        if self._refuse_while_segmenting():
+            return
         self.model = None
         self.status.setText("No model loaded.")
         self.model_changed.emit(None)
 
     def _on_loaded(self, model: LoadedModel) -> None:
         self.model = model
-        self.status.setText(f"Loaded {model.describe()}")
+        source = f" from {model.checkpoint.name}" if model.checkpoint is not None else ""
+        self.status.setText(f"Loaded {model.describe()}{source}")
         self.model_changed.emit(model)
+
+    def _refuse_while_segmenting(self) -> bool:
+        """A model change reaches the open segmentation (see the segmentation panel), so it
+        waits for the segmentation's running job rather than swap the model under it."""
+        if self.state.job is None:
+            return False
+        self.status.setText(
+            f"The segmentation is running its {self.state.job}: wait for it to end (or Cancel it), "
+            "then change the model."
+        )
+        return True
 
     def _show_error(self, message: str) -> None:
         self.status.setText(f"Could not load the model: {message}")

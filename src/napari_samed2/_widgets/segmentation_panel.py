@@ -97,6 +97,7 @@ class SegmentationPanel(QWidget):
         self._job: _Job | None = None  # the one running
         self._worker = None
         self._muted = False  # while the panel itself edits prompt layers
+        self._pending_model = None  # a model that arrived while a job ran, applied after it
 
         self.image_choice = ComboBox(choices=lambda _w: self._layers_of("Image"), nullable=False)
         self.axis_choice = QSpinBox()
@@ -157,7 +158,7 @@ class SegmentationPanel(QWidget):
                 event.connect(self._layers_changed)
             napari_viewer.layers.events.removed.connect(self._layer_removed)
         self.image_choice.changed.connect(self._image_changed)
-        self.state.model_changed.connect(lambda _model: self._update_buttons())
+        self.state.model_changed.connect(self._model_changed)
         self.state.repropagate_requested.connect(lambda: self.repropagate())
         self._image_changed()
         self._polarity_changed(False)
@@ -322,6 +323,45 @@ class SegmentationPanel(QWidget):
         self.state.set_session(None)
         self._say(message)
 
+    def _model_changed(self, model) -> None:
+        """A model loaded or unloaded in the Model panel reaches the open segmentation: a new
+        model takes over at once (a session of the new model with the same objects, policy
+        and library; the prompted slices are segmented again with it), Unload stops it taking
+        clicks. Prompts and the output layer are kept either way."""
+        self._update_buttons()
+        session = self.session
+        if session is None or model is session.model:
+            return
+        if model is None:
+            self._say("The model was unloaded: prompts and labels are kept; load a model to go on with this segmentation.")
+            return
+        if self.busy:  # a job started while the model loaded: switch when it has stopped
+            self._pending_model = model
+            self.cancel()
+            return
+        self._switch_model(model)
+
+    def _switch_model(self, model) -> None:
+        old = self.session
+        try:
+            session = Session(model, old.volume, policy=old.policy, library=old.library, library_k=old.library_k)
+        except _USER_ERRORS as exc:
+            self._say(f"Cannot segment with {model.spec.title}: {exc}. The segmentation goes on with the previous model.")
+            return
+        for object_id in old.object_ids:
+            session.add_object(object_id)
+        prompts = {(o, f): p for o, frames in old.prompts.items() for f, p in frames.items()}
+        self.session = session
+        self.state.set_session(session, image_layer=self.state.image_layer, axis=self.state.axis)
+        message = f"Now segmenting with {model.spec.title} ({model.image_size} px)"
+        if prompts:
+            self._submit("re-segment with the new model", self._segment_changes, prompts, total=len(prompts))
+            message += (
+                f": re-segmenting the {len(prompts)} prompted slices with it. Other slices show the previous "
+                "model's labels until you press Propagate."
+            )
+        self._say(message + ".")
+
     # objects -----------------------------------------------------------------------------
     @property
     def current_object(self) -> int | None:
@@ -426,6 +466,8 @@ class SegmentationPanel(QWidget):
         if self.session is None:
             self._say("Press New segmentation first.")
             return None
+        if self._refuse_without_model():
+            return None
         try:
             return self.pending_prompt_changes()
         except _USER_ERRORS as exc:
@@ -468,6 +510,8 @@ class SegmentationPanel(QWidget):
         The next click of the object on that slice replaces it (SAM-2 takes a mask or clicks)."""
         if self.session is None or self.current_object is None:
             self._say("Press New segmentation first.")
+            return
+        if self._refuse_without_model():
             return
         frame = self.current_frame() if frame is None else frame
         try:
@@ -515,7 +559,7 @@ class SegmentationPanel(QWidget):
 
     def repropagate(self) -> None:
         """Recompute the slices made stale by corrections, pins or evictions."""
-        if self.session is None:
+        if self.session is None or self._refuse_without_model():
             return
         total = sum(len(frames) for frames in self.session.stale.values())
         if not total:
@@ -539,9 +583,15 @@ class SegmentationPanel(QWidget):
 
         if not self._jobs:
             self._worker = None
+            self.state.job = None
+            if self._pending_model is not None:
+                model, self._pending_model = self._pending_model, None
+                if model is self.state.model and self.session is not None:
+                    self._switch_model(model)
             self._update_buttons()
             return
         job = self._job = self._jobs.popleft()
+        self.state.job = job.name
         self.labels.begin(job.name)
         self.progress.setRange(0, max(job.total, 1))
         self.progress.setValue(0)
@@ -624,6 +674,12 @@ class SegmentationPanel(QWidget):
             return
         report = self.labels.redo()
         self._after_history("Redid", report)
+
+    def _refuse_without_model(self) -> bool:
+        if self.state.model is None:
+            self._say("No model is loaded: load one in the Model panel to go on (prompts and labels are kept).")
+            return True
+        return False
 
     def _refuse_while_busy(self) -> bool:
         if self.busy:

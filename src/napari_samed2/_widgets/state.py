@@ -41,6 +41,7 @@ class AnnotatorState(QObject):
         self.session: Session | None = None
         self.image_layer = None  # the napari Image layer the session segments
         self.axis: int = 0  # the slicing axis, in the image layer's data dimensions
+        self.job: str | None = None  # the segmentation's running job ("propagate", ...), if any
 
     @property
     def viewer(self) -> napari.Viewer | None:
