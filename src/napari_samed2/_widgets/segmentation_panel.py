@@ -9,6 +9,7 @@ stays responsive; Cancel stops after the current slice and keeps what was done.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     import napari
 
 POSITIVE_COLOR, NEGATIVE_COLOR = "lime", "red"
+INSPECTOR_REFRESH_S = 1.0  # during a run, the inspector refreshes at most this often
+_ONCE = ("propagate", "re-propagate")  # jobs that would only repeat themselves if queued twice
 _USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
 
 
@@ -98,6 +101,7 @@ class SegmentationPanel(QWidget):
         self._worker = None
         self._muted = False  # while the panel itself edits prompt layers
         self._pending_model = None  # a model that arrived while a job ran, applied after it
+        self._last_refresh = 0.0  # when the inspector was last told about new results
 
         self.image_choice = ComboBox(choices=lambda _w: self._layers_of("Image"), nullable=False)
         self.axis_choice = QSpinBox()
@@ -573,10 +577,21 @@ class SegmentationPanel(QWidget):
 
     # jobs --------------------------------------------------------------------------------
     def _submit(self, name: str, work, *args, total: int = 0, overwrite: bool = False) -> None:
-        """Queue a job; jobs run one after the other in a worker thread."""
+        """Queue a job; jobs run one after the other in a worker thread. A propagation that
+        is already running or waiting is not queued twice; a job that has to wait says so."""
+        if name in _ONCE and name in self._job_names():
+            self._say(f"{name.capitalize()} is already running or waiting: it was not queued again.")
+            return
         self._jobs.append(_Job(name, work, args, total, overwrite))
         if self._worker is None:
             self._next_job()
+        else:
+            self._say(f"Queued {name}: it starts when the {self._job.name} ends ({len(self._jobs)} waiting).")
+            self._update_buttons()
+
+    def _job_names(self) -> list[str]:
+        running = [self._job.name] if self._worker is not None and self._job is not None else []
+        return running + [job.name for job in self._jobs]
 
     def _next_job(self) -> None:
         from napari.qt.threading import create_worker
@@ -592,6 +607,9 @@ class SegmentationPanel(QWidget):
             return
         job = self._job = self._jobs.popleft()
         self.state.job = job.name
+        self._last_refresh = time.monotonic()
+        if job.total > 1:  # a one-slice job ends before the user could read it
+            self._say(f"Running {job.name}...")
         self.labels.begin(job.name)
         self.progress.setRange(0, max(job.total, 1))
         self.progress.setValue(0)
@@ -618,6 +636,9 @@ class SegmentationPanel(QWidget):
         self._job.done.add(step.result.frame)
         self.progress.setValue(min(len(self._job.done), self.progress.maximum()))
         self._refresh_output()
+        if time.monotonic() - self._last_refresh >= INSPECTOR_REFRESH_S:  # the inspector follows a long run
+            self._last_refresh = time.monotonic()
+            self.state.memory_changed.emit()
 
     def _on_error(self, exc: Exception) -> None:
         self._job.error = exc
@@ -718,9 +739,11 @@ class SegmentationPanel(QWidget):
     def _update_buttons(self) -> None:
         has_session, busy = self.session is not None, self._worker is not None
         self.start_button.setEnabled(self.state.model is not None and self.image_choice.value is not None)
-        for button in (self.add_object_button, self.delete_object_button, self.use_mask_button,
-                       self.propagate_button, self.repropagate_button):
+        for button in (self.add_object_button, self.delete_object_button, self.use_mask_button):
             button.setEnabled(has_session)
+        waiting = self._job_names()
+        self.propagate_button.setEnabled(has_session and "propagate" not in waiting)
+        self.repropagate_button.setEnabled(has_session and "re-propagate" not in waiting)
         self.cancel_button.setEnabled(busy)
         self.progress.setVisible(busy)
         self.undo_button.setEnabled(has_session and not busy and self.labels.can_undo)

@@ -1,0 +1,39 @@
+"""While work runs the panel says what is queued, refuses duplicates and keeps the inspector current."""
+
+from __future__ import annotations
+
+import pytest
+
+import napari_samed2._widgets.segmentation_panel as panel_module
+from tests.gui.test_segmentation_panel import WAIT_MS, _click, _run, panel  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.gui
+
+
+def test_a_second_propagate_is_refused_and_a_click_is_shown_as_queued(panel, qtbot):
+    panel.live_mode.setChecked(False)
+    _click(panel, 4, 34, 32)
+    panel.live_mode.setChecked(True)
+    panel._say("Slice 9, object 1: an old error")
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as finished:
+        panel.propagate()
+        assert panel.status.text() == "Running propagate..."  # the old message is gone
+        assert not panel.propagate_button.isEnabled()
+        panel.propagate()
+        assert "already running or waiting" in panel.status.text()
+        _click(panel, 6, 30, 30)
+        assert panel.status.text().startswith("Queued segment: it starts when the propagate ends")
+        assert panel._job_names() == ["propagate", "segment"]
+    assert "1 slices updated" in finished.args[0]  # the queued click ran last
+    assert 6 in panel.session.prompts[1] and panel.propagate_button.isEnabled()
+
+
+def test_the_inspector_is_told_about_results_during_a_run(panel, qtbot, monkeypatch):
+    monkeypatch.setattr(panel_module, "INSPECTOR_REFRESH_S", 0.0)
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    panel.direction_choice.setCurrentText("forward")
+    seen = []
+    panel.state.memory_changed.connect(lambda: seen.append(len(panel.session.memories[1].entries)))
+    _run(panel, qtbot, panel.propagate)
+    assert len(seen) >= 3 and seen[0] < 8  # signals while entries were still arriving
+    assert seen[-1] == 8
