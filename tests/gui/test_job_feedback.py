@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import napari_samed2._widgets.segmentation_panel as panel_module
@@ -37,3 +38,31 @@ def test_the_inspector_is_told_about_results_during_a_run(panel, qtbot, monkeypa
     _run(panel, qtbot, panel.propagate)
     assert len(seen) >= 3 and seen[0] < 8  # signals while entries were still arriving
     assert seen[-1] == 8
+
+
+def _box(panel, frame, top_left, bottom_right):
+    (r0, c0), (r1, c1) = top_left, bottom_right
+    pixels = ([frame, r0, c0], [frame, r0, c1], [frame, r1, c1], [frame, r1, c0])
+    panel.shapes_layer.add_rectangles(
+        np.array([panel.shapes_layer.world_to_data(panel.state.image_layer.data_to_world(p)) for p in pixels])
+    )
+
+
+def test_a_prompt_complaint_goes_away_when_the_layers_are_fixed(panel, qtbot):
+    _run(panel, qtbot, _box, panel, 3, (20, 20), (44, 44))
+    _box(panel, 3, (10, 10), (30, 30))
+    assert "two boxes" in panel.status.text()
+    panel.shapes_layer.selected_data = {1}
+    panel.shapes_layer.remove_selected()
+    assert panel.status.text() == "The prompts are valid again."
+
+
+def test_the_stale_count_follows_a_change_made_elsewhere(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, panel.propagate)
+    assert panel.repropagate_button.text() == "Re-propagate stale slices"
+    panel.session.evict(1, 2)  # as the inspector does, then it tells the panels
+    panel.state.memory_changed.emit()
+    stale = sum(len(f) for f in panel.session.stale.values())
+    assert stale > 0 and panel.repropagate_button.text() == f"Re-propagate {stale} stale slices"

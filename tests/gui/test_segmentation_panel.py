@@ -180,12 +180,18 @@ def test_second_object_and_delete_with_undo(panel, qtbot):
     assert (panel.output_layer.data == 2).any()
 
 
-def test_removing_the_only_prompt_is_explained(panel, qtbot):
+def test_removing_an_objects_last_prompt_clears_it_in_the_engine_and_the_layer(panel, qtbot):
     _run(panel, qtbot, _click, panel, 2, 32, 32)
+    _run(panel, qtbot, panel.propagate)
+    assert (panel.output_layer.data == 1).any(axis=(1, 2)).sum() == 8
     panel.points_layer.selected_data = {0}
     with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
         panel.points_layer.remove_selected()
-    assert "only prompt" in signal.args[0]
+    assert "no prompt left" in signal.args[0]
+    assert panel.session.prompts[1] == {} and panel.session.memories[1].entries == {}
+    assert not (panel.output_layer.data == 1).any() and panel.session.object_ids == [1]
+    panel.undo()
+    assert (panel.output_layer.data == 1).any(axis=(1, 2)).sum() == 8
 
 
 def test_no_model_no_start(make_napari_viewer):

@@ -56,6 +56,7 @@ class _Step:
     result: FrameResult | None = None
     cleared: tuple[int, ...] = ()
     note: str = ""
+    reset: int | None = None  # an object whose labels must go from every slice
 
 
 @dataclass
@@ -102,6 +103,7 @@ class SegmentationPanel(QWidget):
         self._muted = False  # while the panel itself edits prompt layers
         self._pending_model = None  # a model that arrived while a job ran, applied after it
         self._last_refresh = 0.0  # when the inspector was last told about new results
+        self._prompt_error = False  # the status line shows a complaint about the prompt layers
 
         self.image_choice = ComboBox(choices=lambda _w: self._layers_of("Image"), nullable=False)
         self.axis_choice = QSpinBox()
@@ -164,6 +166,7 @@ class SegmentationPanel(QWidget):
         self.image_choice.changed.connect(self._image_changed)
         self.state.model_changed.connect(self._model_changed)
         self.state.repropagate_requested.connect(lambda: self.repropagate())
+        self.state.memory_changed.connect(self._update_buttons)  # e.g. a policy change made slices stale
         self._image_changed()
         self._polarity_changed(False)
         self._update_buttons()
@@ -473,10 +476,16 @@ class SegmentationPanel(QWidget):
         if self._refuse_without_model():
             return None
         try:
-            return self.pending_prompt_changes()
+            changes = self.pending_prompt_changes()
         except _USER_ERRORS as exc:
+            self._prompt_error = True
             self._say(str(exc))
             return None
+        if self._prompt_error:  # the layers were fixed: the old complaint must not stay up
+            self._prompt_error = False
+            if not changes:
+                self._say("The prompts are valid again.")
+        return changes
 
     def apply_prompts(self) -> None:
         """Segment every slice whose prompts changed (in a worker); results go to the output."""
@@ -500,7 +509,15 @@ class SegmentationPanel(QWidget):
             if object_id not in self.session.memories:
                 continue
             try:
-                if prompt is None:
+                if prompt is None and set(self.session.prompts[object_id]) == {frame}:
+                    with self.session.lock:  # its last prompt: the object starts over, empty
+                        self.session.remove_object(object_id)
+                        self.session.add_object(object_id)
+                    yield _Step(reset=object_id, note=(
+                        f"Object {object_id} has no prompt left, so its masks were cleared (Undo brings "
+                        "the labels back; click to segment it again)."
+                    ))
+                elif prompt is None:
                     self.session.clear_prompt(frame, object_id)
                     yield _Step(self.session.result(frame), cleared=(object_id,))
                 else:
@@ -628,6 +645,12 @@ class SegmentationPanel(QWidget):
     def _on_result(self, step: _Step) -> None:
         if step.note:
             self._job.notes.append(step.note)
+        if self.labels is not None and step.reset is not None:
+            frames = [f for f in range(len(self.labels.volume)) if (self.labels.frame(f) == step.reset).any()]
+            report = self.labels.write([self.session.result(f) for f in frames], clear=(step.reset,))
+            self._skipped_edited |= set(report.skipped_edited)
+            self._job.done |= set(report.written)
+            self._refresh_output()
         if self.labels is None or step.result is None:
             return
         report = self.labels.write(step.result, overwrite=self._job.overwrite, clear=step.cleared)
@@ -744,6 +767,8 @@ class SegmentationPanel(QWidget):
         waiting = self._job_names()
         self.propagate_button.setEnabled(has_session and "propagate" not in waiting)
         self.repropagate_button.setEnabled(has_session and "re-propagate" not in waiting)
+        stale = sum(len(f) for f in self.session.stale.values()) if has_session else 0
+        self.repropagate_button.setText(f"Re-propagate {stale} stale slices" if stale else "Re-propagate stale slices")
         self.cancel_button.setEnabled(busy)
         self.progress.setVisible(busy)
         self.undo_button.setEnabled(has_session and not busy and self.labels.can_undo)
