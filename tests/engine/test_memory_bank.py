@@ -79,6 +79,10 @@ def test_the_last_prompted_frame_cannot_be_evicted_and_pins_are_limited(tiny_mod
     session, obj = tracked_session(tiny_model, array)
     with pytest.raises(ValueError, match="only prompted frame"):
         session.evict(obj, 0)
+    stale = {o: set(f) for o, f in session.stale.items()}
+    with pytest.raises(ValueError, match="prompted frames are always attended to"):
+        session.pin(obj, 0)
+    assert session.stale == stale and session.memories[obj].entries[0].status is EntryStatus.AUTO
     for frame in range(1, 7):
         session.pin(obj, frame)
     with pytest.raises(ValueError, match="restore one"):

@@ -257,7 +257,13 @@ def test_pin_acts_on_every_selected_row(inspector, session, qtbot):
 
 def test_go_to_least_confident_slice(inspector, session):
     confidence = _spread_confidence(session)
+    prompted = [e for e in session.memory_entries() if e.conditioning]
+    assert prompted
+    for entry in prompted:  # the least confident of all, and still not the slice to check
+        entry.object_score = -20.0
     inspector.state.memory_changed.emit()
+    tracked = [k for k in confidence if not session.memories[k[0]].entries[k[1]].conditioning]
+    confidence = {k: session.memories[k[0]].entries[k[1]].confidence for k in tracked}
     viewer = inspector.state.viewer
     for shown, keys in (("All", list(confidence)), ("2", [k for k in confidence if k[0] == 2])):
         inspector.object_filter.setCurrentText(shown)

@@ -354,14 +354,15 @@ class MemoryInspector(QWidget):
         self.attends_label.setText(f"Frame {entry.frame} (object {entry.object_id}) attends to: {frames}")
 
     def least_confident_entry(self) -> MemoryEntry | None:
-        """The least confident session entry of the filtered object (or of all objects)."""
-        candidates = [e for e in self._entries.values() if e.source is EntrySource.SESSION]
+        """The least confident tracked entry of the filtered object (or of all objects); a
+        prompted slice is what the user set, not one to check."""
+        candidates = [e for e in self._entries.values() if e.source is EntrySource.SESSION and not e.conditioning]
         return min(candidates, key=lambda e: (e.confidence, e.object_id, e.frame)) if candidates else None
 
     def go_to_least_confident(self) -> None:
         entry = self.least_confident_entry()
         if entry is None:
-            self._say("No segmented slice yet.")
+            self._say("No tracked slice yet: propagate first (prompted slices are not counted).")
             return
         self.state.go_to_frame(entry.frame)
         self.table.blockSignals(True)

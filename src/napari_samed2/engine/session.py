@@ -477,6 +477,11 @@ class Session:
         if entry.status is status:
             return
         if status is EntryStatus.PINNED:
+            if entry.conditioning:
+                raise ValueError(
+                    f"frame {frame} holds a prompt of object {object_id}: prompted frames are always "
+                    "attended to, so pinning it would change nothing; pin a tracked frame instead"
+                )
             if entry.maskmem_features is None:
                 raise ValueError(f"frame {frame} has no stored memory to pin (it was dropped or not propagated yet)")
             pinned = [e for e in memory.entries.values() if e.status is EntryStatus.PINNED]
