@@ -14,12 +14,16 @@ PLUGIN = "napari-samed2"
 
 
 def dock_all_widgets(viewer) -> dict:
-    """Dock every widget the plugin's manifest contributes; returns them by name."""
+    """Dock every widget the plugin's manifest contributes, as tabs of one dock area (so the
+    window fits a laptop screen), the first one in front; returns them by name."""
     from npe2 import PluginManager
 
     manifest = PluginManager.instance().get_manifest(PLUGIN)
     names = [w.display_name for w in manifest.contributions.widgets or []]
-    return {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in names}
+    docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True) for name in names}
+    if docks:
+        docks[names[0]][0].raise_()
+    return {name: widget for name, (_dock, widget) in docks.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

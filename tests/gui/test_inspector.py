@@ -100,8 +100,8 @@ def test_table_lists_every_entry_with_the_engines_values(inspector, session):
         row = _row(inspector, entry.object_id, entry.frame)
         cells = [inspector.table.item(row, column).text() for column in range(len(COLUMNS))]
         assert cells == [
-            str(entry.object_id), str(entry.frame), "session", "yes" if entry.conditioning else "no",
-            f"{entry.predicted_iou:.3f}", f"{entry.object_score:.3f}", f"{entry.confidence:.3f}", "auto",
+            str(entry.object_id), str(entry.frame), f"{entry.confidence:.3f}", "auto",
+            "yes" if entry.conditioning else "no", "session", f"{entry.predicted_iou:.3f}", f"{entry.object_score:.3f}",
         ]
     assert _column(inspector, "prompted").count("yes") == 2  # slice 0 of each object
 
@@ -317,3 +317,18 @@ def test_without_a_session_the_inspector_waits(make_napari_viewer, session):
     shared_state(viewer).set_session(None)
     assert widget.table.rowCount() == 0 and not widget.least_confident_button.isEnabled()
     assert NO_SESSION_HINT in widget.status.text()
+
+
+def test_key_columns_are_in_view_in_a_narrow_dock(inspector, qtbot):
+    narrow = MemoryInspector(inspector.state.viewer)  # a second view of the same session, undocked
+    qtbot.addWidget(narrow)
+    narrow.resize(380, 600)
+    narrow.show()
+    qtbot.waitExposed(narrow)
+    table = narrow.table
+    assert table.rowCount() == 2 * FRAMES and table.viewport().width() <= 380
+    for name in ("object", "slice", "confidence", "status"):
+        column = COLUMNS.index(name)
+        assert table.columnViewportPosition(column) + table.columnWidth(column) <= table.viewport().width(), name
+    last = len(COLUMNS) - 1
+    assert table.columnViewportPosition(last) + table.columnWidth(last) > table.viewport().width()  # the rest scrolls

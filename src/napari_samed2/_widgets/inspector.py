@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samed2._widgets.layout import scrolling_layout
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.engine import EntrySource, EntryStatus, MemoryEntry
 
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
     from napari_samed2.engine import Session
 
-COLUMNS = ("object", "slice", "source", "prompted", "predicted IoU", "object score", "confidence", "status")
+# what a user scans for comes first, so a narrow dock still shows it
+COLUMNS = ("object", "slice", "confidence", "status", "prompted", "source", "predicted IoU", "object score")
 ALL = "All"
 NO_SESSION_HINT = "Segment something first: memory entries appear here once slices are segmented."
 LOW_CONFIDENCE_BRUSH = QBrush(QColor(220, 60, 60, 110))
@@ -178,7 +180,7 @@ class MemoryInspector(QWidget):
         policy.addRow("Min IoU", self.min_iou)
         policy.addRow("Min object score", self.min_object_score)
         policy.addRow(self.apply_policy_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(filters)
         layout.addWidget(self.table, stretch=2)
         layout.addWidget(self.attends_label)
@@ -248,12 +250,12 @@ class MemoryInspector(QWidget):
             cells = [
                 _Cell(str(entry.object_id), entry.object_id),
                 _Cell(slice_label(entry), entry.frame),
-                _Cell(entry.source.value),
-                _Cell("yes" if entry.conditioning else "no", int(entry.conditioning)),
-                _Cell(f"{entry.predicted_iou:.3f}", entry.predicted_iou),
-                _Cell(f"{entry.object_score:.3f}", entry.object_score),
                 _Cell(f"{entry.confidence:.3f}", entry.confidence),
                 _Cell(entry.status.value),
+                _Cell("yes" if entry.conditioning else "no", int(entry.conditioning)),
+                _Cell(entry.source.value),
+                _Cell(f"{entry.predicted_iou:.3f}", entry.predicted_iou),
+                _Cell(f"{entry.object_score:.3f}", entry.object_score),
             ]
             cells[0].setData(_KEY_ROLE, self._key(entry))
             unconfident = entry.confidence < low

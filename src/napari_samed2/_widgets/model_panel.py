@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samed2._widgets.layout import scrolling_layout
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.models import MODELS, LoadedModel, load_model, ready_model
 
@@ -94,7 +95,7 @@ class ModelPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.unload_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)

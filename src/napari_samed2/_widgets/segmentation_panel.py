@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_samed2._widgets.coordinates import mask_from_labels, prompts_from_layers
+from napari_samed2._widgets.layout import scrolling_layout
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.engine import FramePrompt, FrameResult, Session, Volume
 from napari_samed2.engine.labels import LabelVolume
@@ -209,7 +210,7 @@ class SegmentationPanel(QWidget):
         edit_row = QHBoxLayout()
         edit_row.addWidget(self.undo_button)
         edit_row.addWidget(self.redo_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         for box in (image_box, prompt_box, propagate_box):
             layout.addWidget(box)
         layout.addLayout(edit_row)
