@@ -89,3 +89,4 @@ def test_npe2_sample_returns_image_and_labels_layers():
     assert image_kwargs["name"] == "synthetic MR"
     assert image_kwargs["scale"] == label_kwargs["scale"] == (2.5, 1.0, 1.0)
     assert image.shape == labels.shape
+    assert label_kwargs["visible"] is False and "visible" not in image_kwargs  # the answer key starts hidden

@@ -65,7 +65,8 @@ def synthetic_sample() -> list[LayerData]:
     volume = synthetic_volume()
     return [
         (volume.image, {"name": "synthetic MR", "scale": volume.spacing}, "image"),
-        (volume.labels, {"name": "synthetic MR labels", "scale": volume.spacing}, "labels"),
+        # the answer key: there to compare with, hidden so that it is not mistaken for a result
+        (volume.labels, {"name": "synthetic MR labels", "scale": volume.spacing, "visible": False}, "labels"),
     ]
 
 
