@@ -66,3 +66,38 @@ def test_the_stale_count_follows_a_change_made_elsewhere(panel, qtbot):
     panel.state.memory_changed.emit()
     stale = sum(len(f) for f in panel.session.stale.values())
     assert stale > 0 and panel.repropagate_button.text() == f"Re-propagate {stale} stale slices"
+
+
+def _press(viewer, key):
+    from app_model.types import KeyBinding
+
+    viewer.keymap[KeyBinding.from_str(key)](viewer)
+
+
+def test_shortcuts_drive_the_panel(panel, qtbot):
+    from napari_samed2._widgets.inspector import LEAST_CONFIDENT_KEY, MemoryInspector
+    from napari_samed2._widgets.segmentation_panel import SHORTCUTS
+
+    viewer = panel.viewer
+    panel.add_object()
+    assert panel.current_object == 2
+    _press(viewer, "Alt-N")
+    assert panel.current_object == 1
+    _press(viewer, "Alt-Shift-N")
+    assert panel.current_object == 2
+    _press(viewer, "Alt-T")
+    assert panel.polarity_button.text().startswith("Negative")
+    _press(viewer, "Alt-T")
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as finished:
+        _press(viewer, "Alt-P")
+        assert panel.busy
+        _press(viewer, "Alt-C")
+    assert finished.args[0].startswith("Cancelled propagate") or "slices updated" in finished.args[0]
+    inspector = MemoryInspector(viewer)
+    inspector.status.setText("")
+    _press(viewer, LEAST_CONFIDENT_KEY)  # what go_to_least_confident says, with or without tracked slices
+    assert "least confident" in inspector.status.text() or "No tracked slice yet" in inspector.status.text()
+    from app_model.types import KeyBinding
+
+    assert {KeyBinding.from_str(key) for key in SHORTCUTS} <= set(viewer.keymap)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 # what a user scans for comes first, so a narrow dock still shows it
 COLUMNS = ("object", "slice", "confidence", "status", "prompted", "source", "predicted IoU", "object score")
 ALL = "All"
+LEAST_CONFIDENT_KEY = "Alt-L"
 NO_SESSION_HINT = "Segment something first: memory entries appear here once slices are segmented."
 LOW_CONFIDENCE_BRUSH = QBrush(QColor(220, 60, 60, 110))
 # the errors the engine raises with a message meant for the user (a bad pin, a missing entry)
@@ -157,6 +158,9 @@ class MemoryInspector(QWidget):
         self.canvas.setMinimumHeight(150)
         self.least_confident_button = QPushButton("Go to least confident slice")
         self.least_confident_button.clicked.connect(self.go_to_least_confident)
+        self.least_confident_button.setToolTip(f"Show the tracked slice to check first ({LEAST_CONFIDENT_KEY.replace('-', '+')})")
+        if napari_viewer is not None:
+            napari_viewer.bind_key(LEAST_CONFIDENT_KEY, lambda _viewer: self.go_to_least_confident(), overwrite=True)
 
         self.status = QLabel()
         self.status.setWordWrap(True)

@@ -44,6 +44,16 @@ if TYPE_CHECKING:
     import napari
 
 POSITIVE_COLOR, NEGATIVE_COLOR = "lime", "red"
+#: viewer-wide shortcuts (napari's own single keys and Shift combinations stay untouched);
+#: T also switches click polarity inside the clicks layer
+SHORTCUTS = {
+    "Alt-T": "switch positive/negative clicks",
+    "Alt-N": "next object",
+    "Alt-Shift-N": "previous object",
+    "Alt-P": "propagate",
+    "Alt-R": "re-propagate stale slices",
+    "Alt-C": "cancel the running job",
+}
 INSPECTOR_REFRESH_S = 1.0  # during a run, the inspector refreshes at most this often
 _ONCE = ("propagate", "re-propagate")  # jobs that would only repeat themselves if queued twice
 _USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
@@ -161,6 +171,7 @@ class SegmentationPanel(QWidget):
 
         self._lay_out()
         if napari_viewer is not None:
+            self._bind_shortcuts(napari_viewer)
             for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
                 event.connect(self._layers_changed)
             napari_viewer.layers.events.removed.connect(self._layer_removed)
@@ -171,6 +182,31 @@ class SegmentationPanel(QWidget):
         self._image_changed()
         self._polarity_changed(False)
         self._update_buttons()
+
+    def _bind_shortcuts(self, viewer) -> None:
+        actions = {
+            "Alt-T": self.polarity_button.toggle,
+            "Alt-N": lambda: self.select_object(+1),
+            "Alt-Shift-N": lambda: self.select_object(-1),
+            "Alt-P": self.propagate,
+            "Alt-R": self.repropagate,
+            "Alt-C": self.cancel,
+        }
+        for key, action in actions.items():
+            viewer.bind_key(key, lambda _viewer, action=action: action(), overwrite=True)
+        for button, key in ((self.propagate_button, "Alt-P"), (self.repropagate_button, "Alt-R"),
+                            (self.cancel_button, "Alt-C")):
+            button.setToolTip(f"{SHORTCUTS[key].capitalize()} ({key.replace('-', '+')})")
+        self.polarity_button.setToolTip(
+            "Switch between positive and negative clicks: T in the clicks layer, Alt+T anywhere"
+        )
+        self.object_choice.setToolTip("Alt+N: next object, Alt+Shift+N: previous object")
+
+    def select_object(self, step: int) -> None:
+        """Select the next (``step=1``) or previous (``-1``) object, wrapping around."""
+        count = self.object_choice.count()
+        if count:
+            self.object_choice.setCurrentIndex((self.object_choice.currentIndex() + step) % count)
 
     def _lay_out(self) -> None:
         image_box = QGroupBox("Image")
