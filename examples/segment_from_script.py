@@ -6,7 +6,8 @@
 
 It opens ``napari.Viewer()``, adds the plugin's synthetic MR volume, clicks once in the middle
 of an organ (where a user would, here taken from the volume's ground truth), propagates
-through every slice in both directions and shows the labels, as the Segmentation panel does:
+through every slice in both directions in a background worker and shows each slice as it
+arrives, as the Segmentation panel does:
 ``Session`` holds the model state and prompts, ``LabelVolume`` writes results into the Labels
 layer with undo. Everything here also runs headless: drop the viewer and use ``session.labels()``.
 """
@@ -24,21 +25,35 @@ from napari_samed2.io.sample import synthetic_volume
 
 
 def segment_in_viewer(viewer, model, volume: np.ndarray, frame: int, click: tuple[float, float], spacing=(1, 1, 1)):
-    """One positive click on ``frame`` at ``click`` (row, column), propagated both ways;
-    returns the session and the Labels layer holding the result."""
+    """One positive click on ``frame`` at ``click`` (row, column), propagated both ways in a
+    napari worker, so the window stays responsive and shows each slice as it arrives (with a
+    progress bar in napari's activity dock). Returns the session, the Labels layer and the
+    worker: connect to ``worker.finished``, or call ``worker.quit()`` to stop after the
+    current slice (what was done stays)."""
+    from napari.qt.threading import thread_worker
+
     image = viewer.add_image(volume, name="volume", scale=spacing)
     session = Session(model, image.data)
     object_id = session.add_object()
     labels_layer = viewer.add_labels(np.zeros(volume.shape, np.uint16), name="SAM labels", scale=spacing)
     labels = LabelVolume(labels_layer.data, session.volume)
-    labels.begin("click and propagate")  # one undo step for the whole run, as in the panel
-    labels.write(session.segment_frame(frame, object_id, FramePrompt.clicks(positive=[click])))
-    for result in session.propagate("both"):  # a generator: show progress or stop at any time
+
+    @thread_worker(progress={"total": len(session.volume), "desc": "segmenting"})
+    def click_and_propagate():
+        yield session.segment_frame(frame, object_id, FramePrompt.clicks(positive=[click]))
+        yield from session.propagate("both")  # a generator: one result per slice
+
+    def show(result) -> None:  # on the GUI thread: layers are only touched here
         labels.write(result)
-    labels.end()
-    labels_layer.refresh()
+        labels_layer.refresh()
+
+    labels.begin("click and propagate")  # one undo step for the whole run, as in the panel
+    worker = click_and_propagate()
+    worker.yielded.connect(show)
+    worker.finished.connect(labels.end)
+    worker.start()
     viewer.dims.set_point(0, frame * spacing[0])
-    return session, labels_layer
+    return session, labels_layer, worker
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,13 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     frame = sample.image.shape[0] // 2
     rows, cols = np.nonzero(sample.labels[frame] == 1)
     viewer = napari.Viewer(title="napari-samed2 from a script")
-    session, labels_layer = segment_in_viewer(
+    _session, labels_layer, worker = segment_in_viewer(
         viewer, model, sample.image, frame, (rows.mean(), cols.mean()), sample.spacing
     )
-    found = labels_layer.data == 1
-    truth = sample.labels == 1
-    dice = 2 * (found & truth).sum() / max(found.sum() + truth.sum(), 1)
-    print(f"{model.describe()}: Dice against the synthetic ground truth {dice:.3f}")
+
+    def report() -> None:
+        found, truth = labels_layer.data == 1, sample.labels == 1
+        dice = 2 * (found & truth).sum() / max(found.sum() + truth.sum(), 1)
+        print(f"{model.describe()}: Dice against the synthetic ground truth {dice:.3f}")
+
+    worker.finished.connect(report)
     napari.run()
 
 
