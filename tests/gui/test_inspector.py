@@ -332,3 +332,20 @@ def test_key_columns_are_in_view_in_a_narrow_dock(inspector, qtbot):
         assert table.columnViewportPosition(column) + table.columnWidth(column) <= table.viewport().width(), name
     last = len(COLUMNS) - 1
     assert table.columnViewportPosition(last) + table.columnWidth(last) > table.viewport().width()  # the rest scrolls
+
+
+def test_the_table_exports_as_csv_with_the_engines_values(inspector, session, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "confidence.csv"
+    path.write_text("an earlier export\n")  # the user agreed to replace it in the dialog
+    inspector.object_filter.setCurrentText("2")
+    inspector.export_csv(str(path))
+    table = pd.read_csv(path)
+    entries = session.memory_entries(2)
+    assert len(table) == len(entries) == FRAMES and set(table["object"]) == {2}
+    np.testing.assert_allclose(table["confidence"], [e.confidence for e in entries], rtol=1e-5)
+    assert table["prompted"].tolist() == [e.conditioning for e in entries]
+    assert f"Exported {FRAMES} rows" in inspector.status.text()
+    inspector.export_csv(str(tmp_path / "missing-folder" / "x.csv"))
+    assert "Could not export the table" in inspector.status.text() and "does not exist" in inspector.status.text()

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -26,13 +27,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_samed2._widgets.layout import scrolling_layout
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.engine import EntrySource, EntryStatus, MemoryEntry
+from napari_samed2.errors import SamEd2Error
 
 if TYPE_CHECKING:
     import napari
@@ -158,6 +159,9 @@ class MemoryInspector(QWidget):
         self.canvas.setMinimumHeight(150)
         self.least_confident_button = QPushButton("Go to least confident slice")
         self.least_confident_button.clicked.connect(self.go_to_least_confident)
+        self.export_button = QPushButton("Export table as CSV...")
+        self.export_button.setToolTip("Save the rows shown (all objects, or the filtered one) for review elsewhere")
+        self.export_button.clicked.connect(lambda: self.export_csv())
         self.least_confident_button.setToolTip(f"Show the tracked slice to check first ({LEAST_CONFIDENT_KEY.replace('-', '+')})")
         if napari_viewer is not None:
             napari_viewer.bind_key(LEAST_CONFIDENT_KEY, lambda _viewer: self.go_to_least_confident(), overwrite=True)
@@ -191,6 +195,7 @@ class MemoryInspector(QWidget):
         layout.addLayout(actions)
         layout.addWidget(self.canvas, stretch=1)
         layout.addWidget(self.least_confident_button)
+        layout.addWidget(self.export_button)
         layout.addWidget(policy_box)
         layout.addWidget(self.status)
 
@@ -364,6 +369,25 @@ class MemoryInspector(QWidget):
         prompted slice is what the user set, not one to check."""
         candidates = [e for e in self._entries.values() if e.source is EntrySource.SESSION and not e.conditioning]
         return min(candidates, key=lambda e: (e.confidence, e.object_id, e.frame)) if candidates else None
+
+    def export_csv(self, path: str | None = None) -> None:
+        """Write the rows shown to ``path`` (asked for with a file dialog when not given)."""
+        from napari_samed2.engine.confidence_table import write_confidence_csv
+
+        entries = self.entries()
+        if not entries:
+            self._say("Nothing to export yet: segment some slices first.")
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the confidence table", "confidence.csv", "CSV (*.csv)")
+            if not path:
+                return
+        try:  # the dialog has asked about replacing an existing file
+            written = write_confidence_csv(entries, path, overwrite=True)
+        except (OSError, SamEd2Error) as exc:
+            self._say(f"Could not export the table: {exc}")
+            return
+        self._say(f"Exported {len(entries)} rows to {written}.")
 
     def go_to_least_confident(self) -> None:
         entry = self.least_confident_entry()
