@@ -100,6 +100,28 @@ def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, caps
     assert config["prompt_probs"] == {"box": 0.5, "click": 0.25, "mask": 0.25}
 
 
+def test_look_alikes_can_be_training_objects_and_the_checkpoint_says_so(tmp_path, capsys):
+    out = tmp_path / "distractors"
+    code = main([
+        "--synthetic", "2", "--synthetic-distractors", "--model", "demo", "--from-scratch", "--train", "decoder",
+        "--steps", "1", "--clip-length", "1", "--prompt-probs", "box=1", "--correction-frames", "0",
+        "--val-every", "0", "--device", "cpu", "--out", str(out),
+    ])
+    assert code == 0, capsys.readouterr().err
+    metadata = __import__("safetensors").safe_open(str(out / "model.safetensors"), framework="pt").metadata()
+    assert metadata["data"] == "synthetic volumes 0-1 of stream 0, look-alike blobs as objects"
+    assert main(["--images", "a.tif", "--labels", "b.tif", "--synthetic-distractors", "--out", str(tmp_path)]) == 2
+    assert "give synthetic=N too" in capsys.readouterr().err
+    assert main(["--synthetic", "1", "--clip-length", "1", "--out", str(tmp_path)]) == 2  # default mix has masks
+    assert "nothing to learn" in capsys.readouterr().err
+    code = main([
+        "--synthetic", "1", "--model", "demo", "--from-scratch", "--train", "memory_encoder", "--clip-length", "1",
+        "--prompt-probs", "box=1", "--correction-frames", "0", "--steps", "1", "--val-every", "0", "--device", "cpu",
+        "--out", str(tmp_path / "frozen"),
+    ])
+    assert code == 2 and "no trained module (memory_encoder) affects" in capsys.readouterr().err
+
+
 def test_training_data_is_files_or_synthetic_volumes_not_both(tmp_path, capsys):
     assert main(["--model", "demo", "--from-scratch", "--out", str(tmp_path)]) == 2
     assert "give training volumes" in capsys.readouterr().err

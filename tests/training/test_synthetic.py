@@ -206,3 +206,17 @@ def test_a_full_size_case_is_fast():
     start = time.perf_counter()
     synthetic_case(np.random.default_rng(0), config)
     assert time.perf_counter() - start < 2.0  # about 0.2 s on a busy 2-core machine
+
+
+def test_promptable_labels_make_each_look_alike_blob_an_object_of_its_own(cases):
+    for c in cases:
+        labels = c.promptable_labels(min_voxels=20)
+        original = labels <= c.num_objects
+        np.testing.assert_array_equal(labels[original], c.labels[original])  # labelled objects untouched
+        extra = sorted(set(np.unique(labels)) - set(range(c.num_objects + 1)))
+        assert extra == list(range(c.num_objects + 1, c.num_objects + 1 + len(extra)))  # ids follow on
+        for value in extra:
+            blob = labels == value
+            assert blob.sum() >= 20 and c.distractors[blob].all()
+            assert ndimage.label(blob)[1] == 1  # one connected blob per id
+    assert any(len(set(np.unique(c.promptable_labels(20)))) > c.num_objects + 1 for c in cases)

@@ -133,6 +133,21 @@ class SyntheticCase:
     def num_objects(self) -> int:
         return len(self.kinds)
 
+    def promptable_labels(self, min_voxels: int = 50) -> np.ndarray:
+        """``labels`` plus each distractor blob of at least ``min_voxels`` as an object of its
+        own (ids after the labelled ones). For training a promptable model: if look-alikes are
+        never targets, boxes always frame "the labelled thing" and the model learns to find
+        salient blobs instead of reading the prompt (measured: two boxes on two objects of one
+        slice gave masks overlapping 0.83-1.0; with distractors as targets, 0.0-0.19)."""
+        labels = self.labels.astype(np.int32)
+        components, count = ndimage.label(self.distractors & (labels == 0))
+        sizes = ndimage.sum_labels(np.ones_like(components), components, index=np.arange(1, count + 1))
+        next_id = self.num_objects + 1
+        for component in np.flatnonzero(sizes >= min_voxels) + 1:
+            labels[components == component] = next_id
+            next_id += 1
+        return labels
+
 
 def synthetic_case(rng: np.random.Generator, config: SyntheticConfig | None = None) -> SyntheticCase:
     """Draw one case from ``rng`` (the same generator state gives the same arrays)."""

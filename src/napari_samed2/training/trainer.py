@@ -89,6 +89,11 @@ class TrainConfig:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise TrainingError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         object.__setattr__(self, "prompt_probs", check_prompt_probs(self.prompt_probs))
+        if self.clip_length == 1 and self.prompt_probs.get("mask", 0.0) > 0:
+            raise TrainingError(
+                "a 1-slice clip prompted with its own mask has nothing to learn (SAM-2 passes the mask "
+                "through): with clip_length 1 give prompt_probs without 'mask', e.g. box=0.6,click=0.4"
+            )
         object.__setattr__(self, "loss_weights", check_weights(self.loss_weights))
         make_policy(self.memory_policy)
 
@@ -295,8 +300,10 @@ class Trainer:
         val_pairs: list[VolumePair] | None = None,
         resume: str | Path | None = None,
         base: str = "",
+        data: str = "",
     ):
         self.model = model
+        self.data = data  # what was trained on, for the checkpoint's metadata
         self.config = config
         self.out = out
         self.val_pairs = val_pairs or []
@@ -351,6 +358,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, terms = self.loss_on(clip)
+        if not total.requires_grad:
+            raise TrainingError(
+                f"step {self.step + 1}: no trained module ({', '.join(self.config.train)}) affects this clip's "
+                "loss; train modules the clip passes through (e.g. add 'decoder'), or use longer clips"
+            )
         if not torch.isfinite(total):
             raise TrainingError(
                 f"the loss is not finite at step {self.step + 1} ({float(total)}): lower the learning rate "
@@ -389,6 +401,7 @@ class Trainer:
             "step": str(self.step),
             "train": ",".join(self.config.train),
             "base_model": self.base,
+            "data": self.data,
             "config": json.dumps(self.config.to_json()),
             **{k: str(v) for k, v in extra.items() if v is not None},
         }
@@ -450,8 +463,9 @@ class Trainer:
 SYNTHETIC_VALIDATION = 4  # held-out synthetic volumes validated on when training on synthetic data
 
 
-def synthetic_pairs(count: int, seed: int = 0, *, held_out: bool = False) -> list[VolumePair]:
-    """The first ``count`` volumes of the synthetic stream ``seed`` (or of the held-out stream)."""
+def synthetic_pairs(count: int, seed: int = 0, *, held_out: bool = False, distractors: bool = False) -> list[VolumePair]:
+    """The first ``count`` volumes of the synthetic stream ``seed`` (or of the held-out stream);
+    with ``distractors``, the look-alike blobs are objects too (see ``promptable_labels``)."""
     import itertools
 
     from napari_samed2.training.data import make_pair
@@ -459,7 +473,10 @@ def synthetic_pairs(count: int, seed: int = 0, *, held_out: bool = False) -> lis
 
     stream = synthetic_stream(HELD_OUT_SEED if held_out else seed, held_out=held_out)
     return [
-        make_pair(case.image, case.labels, spacing=case.spacing, name=f"synthetic {'held-out ' if held_out else ''}{k}")
+        make_pair(
+            case.image, case.promptable_labels() if distractors else case.labels, spacing=case.spacing,
+            name=f"synthetic {'held-out ' if held_out else ''}{k}",
+        )
         for k, case in enumerate(itertools.islice(stream, count))
     ]
 
@@ -505,6 +522,7 @@ def train(
     architecture: str | None = None,
     from_scratch: bool = False,
     synthetic: int = 0,
+    synthetic_distractors: bool = False,
     val_images=None,
     val_labels=None,
     config: TrainConfig | str | Path | None = None,
@@ -544,7 +562,9 @@ def train(
     training: errors are :class:`~napari_samed2.errors.SamEd2Error` subclasses.
 
     ``synthetic=N`` trains on the first N volumes of the synthetic stream of ``seed`` (see
-    :mod:`.synthetic`) and, without validation volumes, validates on held-out synthetic ones;
+    :mod:`.synthetic`) and, without validation volumes, validates on held-out synthetic ones
+    (their labelled objects only); ``synthetic_distractors`` makes the look-alike blobs of the
+    training volumes objects too, so that the prompt must decide;
     ``from_scratch`` starts from the architecture's own initialisation instead of weights
     (how the ``demo`` model is made); ``prompt_probs`` weighs the first slice's prompt kinds,
     e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``.
@@ -564,7 +584,12 @@ def train(
     folder = check_writable(out)
     if synthetic < 0 or (images is None) == (synthetic == 0):
         raise TrainingError("give training volumes (images and labels) or a number of synthetic volumes, not both")
-    pairs = load_pairs(images, labels, axis=axis) if images is not None else synthetic_pairs(synthetic, config.seed)
+    if synthetic_distractors and not synthetic:
+        raise TrainingError("synthetic_distractors applies to synthetic volumes: give synthetic=N too")
+    pairs = (
+        load_pairs(images, labels, axis=axis) if images is not None
+        else synthetic_pairs(synthetic, config.seed, distractors=synthetic_distractors)
+    )
     if val_images is not None:
         val_pairs = load_pairs(val_images, val_labels, axis=axis)
     else:
@@ -576,5 +601,10 @@ def train(
     else:
         loaded = load_model(model, architecture=architecture, device=device, dtype=dtype, image_size=image_size)
         base = str(model)
-    trainer = Trainer(loaded, pairs, config, folder, val_pairs=val_pairs, resume=resume, base=base)
+    if images is None:
+        data = f"synthetic volumes 0-{synthetic - 1} of stream {config.seed}"
+        data += ", look-alike blobs as objects" if synthetic_distractors else ""
+    else:
+        data = ", ".join(pair.name for pair in pairs)
+    trainer = Trainer(loaded, pairs, config, folder, val_pairs=val_pairs, resume=resume, base=base, data=data)
     return trainer.run()
