@@ -166,8 +166,10 @@ def test_undo_and_redo_of_each_kind_of_step(kind, tiny_model, volume, cache, don
     assert next_propagation(redone) == next_propagation(after)
 
 
-def test_undo_back_to_an_empty_session_and_redo_everything(tiny_model, volume, cache):
-    session = Session(tiny_model, volume, cache=cache)
+def test_undo_back_to_an_empty_session_and_redo_everything(tiny_model, volume, cache, donor_entries):
+    library = MemoryLibrary()
+    library.entries = list(donor_entries)  # its rows appear in the session during the first run
+    session = Session(tiny_model, volume, cache=cache, library=library)
     states = [fingerprint(session)]
     for step in (
         lambda s: s.add_object(),
@@ -187,6 +189,7 @@ def test_undo_back_to_an_empty_session_and_redo_everything(tiny_model, volume, c
         assert session.undo() is not None
         assert fingerprint(session) == expected
     assert session.undo() is None and session._maskmem_pos_enc is None
+    assert not session.memories
     for expected in states[1:]:
         session.redo()
         assert fingerprint(session) == expected
