@@ -361,3 +361,22 @@ def test_saving_is_not_a_step_and_changes_nothing(tiny_model, volume, cache, tmp
     loaded = Session.load(tmp_path / "case", tiny_model, volume)
     assert not loaded.history.can_undo
     assert next_propagation(loaded)[0] == next_propagation(session)[0]
+
+
+def test_a_caller_step_that_adds_and_removes_an_object_undoes_cleanly(tiny_model, volume, cache):
+    session = Session(tiny_model, volume, cache=cache)
+    obj = session.add_object()
+    session.segment_frame(0, obj, click(30, 25))
+    before = fingerprint(session)
+    session.begin_step("try an object and drop it")
+    temporary = session.add_object()
+    session.segment_frame(2, temporary, click(15, 65))
+    session.remove_object(temporary)
+    session.segment_frame(1, obj, click(30, 27))
+    after = session.end_step()
+    assert after.description == "try an object and drop it" and not after.objects
+    state_after = fingerprint(session)
+    session.undo()
+    assert fingerprint(session) == before
+    session.redo()
+    assert fingerprint(session) == state_after

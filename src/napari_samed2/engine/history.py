@@ -306,23 +306,29 @@ def _apply(session: Session, step: Step, forward: bool) -> list[str]:
             session.memories[object_id] = state.memory
             session.prompts[object_id] = state.prompts
             session.stale[object_id] = state.stale
+    # (an object's keys are skipped where it does not exist: one added and removed again
+    # within a step, whose other changes merged into it)
     for kind in ("entries", "pending", "tracked", "prompts", "library_rows"):
         for (object_id, key), change in getattr(step, kind).items():
-            table = _table(_live_state(session, object_id), kind)
-            value = change.value(forward)
+            state = _live_state(session, object_id)
+            if state is None:
+                continue
+            table, value = _table(state, kind), change.value(forward)
             if value is None:
                 table.pop(key, None)
             else:
                 table[key] = value
     for (object_id, frame), change in step.stale.items():
+        if object_id not in session.stale:
+            continue
         if change.value(forward):
             session.stale[object_id].add(frame)
         else:
             session.stale[object_id].discard(frame)
-    for object_id, change in step.entry_order.items():
-        _reorder(session.memories[object_id].entries, change.value(forward))
-    for object_id, change in step.library_row_order.items():
-        _reorder(session.memories[object_id].library, change.value(forward))
+    for name, orders in (("entries", step.entry_order), ("library", step.library_row_order)):
+        for object_id, change in orders.items():
+            if object_id in session.memories:
+                _reorder(getattr(session.memories[object_id], name), change.value(forward))
     for object_id, change in step.objects.items():
         if change.value(forward) is None:
             for table in (session.memories, session.prompts, session.stale):
