@@ -50,3 +50,7 @@ class TrainingError(SamEd2Error, ValueError):
 
 class OutputFolderError(SamEd2Error, OSError):
     """An output folder that cannot be created or written (checked before any work starts)."""
+
+
+class HistoryError(SamEd2Error, RuntimeError):
+    """An undo or redo that cannot run now: a propagation or a GUI job is still in progress."""

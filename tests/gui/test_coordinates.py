@@ -5,7 +5,14 @@ import pandas as pd
 import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
-from napari_samed2._widgets.coordinates import mask_from_labels, prompts_from_layers, to_image_pixels
+from napari_samed2._widgets.coordinates import (
+    box_corners,
+    mask_from_labels,
+    prompt_keys_of_rows,
+    prompts_from_layers,
+    to_image_pixels,
+    to_layer_data,
+)
 from napari_samed2.engine import Volume
 from napari_samed2.errors import PromptError
 
@@ -71,3 +78,23 @@ def test_mask_from_an_aligned_labels_layer(image):
     misaligned = Labels(data)
     with pytest.raises(PromptError, match="not aligned"):
         mask_from_labels(misaligned, image, Volume(image.data), 3, 2)
+
+
+def test_engine_prompts_go_back_to_layers_with_their_own_transform(image):
+    """What undo uses to redraw a session's prompt: pixels -> the layer's data, the inverse of
+    prompts_from_layers, on a 4D image whose slices are taken at a fixed time point."""
+    series = Image(np.zeros((2, 6, 40, 50), np.float32), scale=(1.0, 2.5, 0.8, 0.8), translate=(0, -5.0, 3.0, 1.0))
+    volume = Volume(series.data, axis=1, fixed={0: 1})
+    points = Points(ndim=4, scale=(1.0, 1.5, 2.0, 2.0), translate=(0.0, 3.0, 1.0, -1.0))
+    points.data = to_layer_data([[10.0, 20.0], [12.5, 7.0]], 3, volume, series, points)
+    points.features = pd.DataFrame({"object": [2, 2], "positive": [True, False]})
+    shapes = Shapes(ndim=4, scale=(1.0, 2.0, 1.0, 1.0))
+    shapes.add_rectangles(to_layer_data(box_corners((5.0, 6.0, 15.0, 16.0)), 4, volume, series, shapes))
+    shapes.features = pd.DataFrame({"object": [1]})
+    prompts = prompts_from_layers(volume, series, points, shapes)
+    assert sorted(prompts) == [(1, 4), (2, 3)]
+    np.testing.assert_allclose(prompts[(2, 3)].points, [[10.0, 20.0], [12.5, 7.0]], atol=1e-4)
+    assert prompts[(2, 3)].labels.tolist() == [1, 0]
+    np.testing.assert_allclose(prompts[(1, 4)].box, (5.0, 6.0, 15.0, 16.0), atol=1e-4)
+    assert prompt_keys_of_rows(volume, series, points) == [(2, 3), (2, 3)]
+    assert prompt_keys_of_rows(volume, series, shapes) == [(1, 4)]

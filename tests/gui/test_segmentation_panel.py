@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_samed2._widgets.inspector import COLUMNS, MemoryInspector
 from napari_samed2._widgets.segmentation_panel import SegmentationPanel
 from napari_samed2._widgets.state import shared_state
+from napari_samed2.errors import HistoryError
 
 pytestmark = pytest.mark.gui
 WAIT_MS = 120_000
@@ -178,6 +180,13 @@ def test_second_object_and_delete_with_undo(panel, qtbot):
     assert (panel.points_layer.features["object"] == 2).sum() == 0
     panel.undo()
     assert (panel.output_layer.data == 2).any()
+    # the object itself comes back: in the session, the object list and the clicks layer
+    assert panel.session.object_ids == [1, 2] and panel.object_choice.findData(2) >= 0
+    assert 2 in panel.session.prompts[2] and (panel.points_layer.features["object"] == 2).sum() == 1
+    assert panel.pending_prompt_changes() == {}
+    panel.redo()
+    assert panel.session.object_ids == [1] and panel.object_choice.findData(2) < 0
+    assert not (panel.output_layer.data == 2).any() and (panel.points_layer.features["object"] == 2).sum() == 0
 
 
 def test_removing_an_objects_last_prompt_clears_it_in_the_engine_and_the_layer(panel, qtbot):
@@ -267,3 +276,111 @@ def test_an_empty_mask_prompt_is_explained_and_changes_nothing(panel):
     panel.use_mask(5)
     assert "has no pixels on slice 5" in panel.status.text()
     assert 5 not in panel.session.prompts[1]
+
+
+def test_an_undone_click_no_longer_steers_the_model(panel, qtbot):
+    """The trap of an output-only undo: the click undone stayed in the session (and in the
+    clicks layer) and steered the next Re-propagate or Propagate."""
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    _run(panel, qtbot, panel.propagate)
+    good = panel.output_layer.data.copy()
+    _run(panel, qtbot, _click, panel, 3, 33, 32, False)  # a wrong negative click on the object
+    _run(panel, qtbot, panel.repropagate)
+    assert not np.array_equal(panel.output_layer.data, good), "the wrong click should change the masks"
+    assert panel.undo_button.text() == "Undo re-propagate"
+    panel.undo()
+    assert panel.undo_button.text() == "Undo segment"
+    panel.undo()
+    np.testing.assert_array_equal(panel.output_layer.data, good)
+    assert 3 not in panel.session.prompts[1] and not panel.session.stale[1]
+    assert len(panel.points_layer.data) == 1  # the undone click is gone from the clicks layer too
+    assert panel.pending_prompt_changes() == {}
+    panel.redo()  # and comes back with redo, at the same pixel
+    np.testing.assert_allclose(panel.session.prompts[1][3].points, [[33, 32]], atol=1e-4)
+    assert len(panel.points_layer.data) == 2 and panel.pending_prompt_changes() == {}
+    panel.undo()
+    panel.repropagate()
+    assert "Nothing to re-propagate" in panel.status.text()
+    _run(panel, qtbot, panel.propagate)  # Propagate applies what the layers hold: not the undone click
+    np.testing.assert_array_equal(panel.output_layer.data, good)
+    np.testing.assert_array_equal(panel.session.labels(), good)
+
+
+def test_undo_while_a_job_runs_is_refused_with_a_message(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    refusals = []
+
+    def undo_now(_step):
+        if refusals:
+            return
+        panel.undo()
+        refusals.append(panel.status.text())
+        try:  # a script calling the engine directly is refused too
+            panel.session.undo()
+        except HistoryError as exc:
+            refusals.append(str(exc))
+
+    panel.direction_choice.setCurrentText("forward")
+    panel.propagate()
+    assert panel.busy and not panel.undo_button.isEnabled()
+    panel._worker.yielded.connect(undo_now)
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
+        pass
+    assert refusals[0] == "Wait for the running job to end (or Cancel it) first."
+    assert refusals[1].startswith("cannot undo while a propagation is running")
+    assert signal.args[0] == "Propagate: 8 slices updated."  # the job went on undisturbed
+    assert sorted(panel.session.memories[1].entries) == list(range(8))
+    panel.undo()
+    assert panel.status.text().startswith("Undid propagate") and not panel.session.memories[1].entries
+
+
+def test_a_cancelled_propagation_is_one_step_to_undo(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    after_click = panel.output_layer.data.copy()
+    done = []
+
+    def cancel_after_two(_step):
+        done.append(1)
+        if len(done) == 2:
+            panel.cancel()
+
+    panel.direction_choice.setCurrentText("forward")
+    panel.propagate()
+    panel._worker.yielded.connect(cancel_after_two)
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
+        pass
+    assert signal.args[0].startswith("Cancelled propagate") and len(panel.session.memories[1].tracked) >= 2
+    assert panel.undo_button.text() == "Undo propagate"
+    panel.undo()  # the propagation's generator was closed: the engine does not refuse
+    assert panel.status.text().startswith("Undid propagate")
+    np.testing.assert_array_equal(panel.output_layer.data, after_click)
+    memory = panel.session.memories[1]
+    assert not memory.entries and not memory.tracked and list(memory.pending) == [0]
+
+
+def test_the_inspector_and_its_plot_follow_undo_and_redo(panel, qtbot):
+    inspector = MemoryInspector(panel.viewer)
+    panel.viewer.window.add_dock_widget(inspector)
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    _run(panel, qtbot, panel.propagate)
+    assert inspector.table.rowCount() == 8 and len(inspector.plotted[1]) == 8
+
+    def status_of(frame):
+        for row in range(inspector.table.rowCount()):
+            if inspector.table.item(row, COLUMNS.index("slice")).text() == str(frame):
+                return inspector.table.item(row, COLUMNS.index("status")).text()
+
+    assert inspector.select_entry(1, 3)
+    inspector.pin_selected()
+    assert status_of(3) == "pinned" and panel.session.stale[1]
+    assert panel.undo_button.text() == "Undo pin slice 3 of object 1"  # a pin is a step of its own
+    panel.undo()
+    assert status_of(3) == "auto" and not panel.session.stale[1]
+    panel.undo()  # the propagation: nothing is in memory any more
+    assert inspector.table.rowCount() == 0 and inspector.plotted == {}
+    panel.redo()
+    assert inspector.table.rowCount() == 8 and len(inspector.plotted[1]) == 8
+    panel.redo()
+    assert status_of(3) == "pinned"

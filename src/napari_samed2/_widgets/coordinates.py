@@ -106,3 +106,44 @@ def mask_from_labels(labels_layer, image_layer, volume: Volume, frame: int, obje
         )
     frame_labels = np.asarray(labels_layer.data[volume.frame_index(frame)])
     return frame_labels != 0 if object_id is None else frame_labels == object_id
+
+
+# engine prompts back to layers (undo puts the layers' prompts back as the session has them)
+def to_layer_data(pixels: np.ndarray, frame: int, volume: Volume, image_layer, layer) -> np.ndarray:
+    """In-plane ``(row, col)`` pixels of ``frame`` as ``(N, ndim)`` data coordinates of
+    ``layer``: the inverse of :func:`to_image_pixels` on the volume's frame."""
+    plane = np.asarray(pixels, dtype=float).reshape(-1, 2)
+    full = np.zeros((len(plane), image_layer.ndim))
+    full[:, volume.axis] = frame
+    full[:, list(volume.plane_axes)] = plane
+    for dim, index in volume.fixed.items():
+        full[:, dim] = index
+    return np.array([layer.world_to_data(image_layer.data_to_world(v)) for v in full]).reshape(-1, layer.ndim)
+
+
+def box_corners(box: tuple[float, float, float, float]) -> np.ndarray:
+    """A ``(row0, col0, row1, col1)`` box as the four ``(row, col)`` corners of a rectangle."""
+    row0, col0, row1, col1 = box
+    return np.array([[row0, col0], [row0, col1], [row1, col1], [row1, col0]], dtype=float)
+
+
+def prompt_keys_of_rows(volume: Volume, image_layer, layer, object_key: str = "object") -> list[tuple[int, int] | None]:
+    """The ``(object id, frame)`` each point or shape of a prompt layer belongs to, as
+    :func:`prompts_from_layers` reads them (``None``: not a prompt of this volume)."""
+    from napari.layers import Points
+
+    if not len(layer.data):
+        return []
+    objects = layer.features[object_key].to_numpy(int)
+    if isinstance(layer, Points):
+        frames, _plane, on_fixed = _frame_and_plane(to_image_pixels(layer.data, layer, image_layer), volume)
+        return [
+            (int(obj), int(frame)) if ok and 0 <= frame < len(volume) else None
+            for obj, frame, ok in zip(objects, frames, on_fixed)
+        ]
+    keys = []
+    for vertices, kind, obj in zip(layer.data, layer.shape_type, objects):
+        frames, _plane, on_fixed = _frame_and_plane(to_image_pixels(vertices, layer, image_layer), volume)
+        ok = kind == "rectangle" and on_fixed.all() and len(set(frames)) == 1 and 0 <= frames[0] < len(volume)
+        keys.append((int(obj), int(frames[0])) if ok else None)
+    return keys

@@ -2,9 +2,14 @@
 
 The panel only translates: layers and clicks become :class:`~napari_samed2.engine.Session`
 calls (through :mod:`.coordinates`), results go into the output Labels layer through a
-:class:`~napari_samed2.engine.labels.LabelVolume` (undo/redo, hand-painted slices protected).
+:class:`~napari_samed2.engine.labels.LabelVolume` (hand-painted slices protected).
 Everything that takes model time runs in a napari worker, one job at a time, so the viewer
 stays responsive; Cancel stops after the current slice and keeps what was done.
+
+Undo and Redo step through the session's history (prompts, memory, stale slices; see
+:mod:`napari_samed2.engine.history`): each job is one engine step, which carries the output
+layer's step of the same job as its tag, so both move together; the prompt layers are redrawn
+from the session's prompts, so an undone click is gone from the layers too.
 """
 
 from __future__ import annotations
@@ -32,12 +37,19 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samed2._widgets.coordinates import mask_from_labels, prompts_from_layers
+from napari_samed2._widgets.coordinates import (
+    box_corners,
+    mask_from_labels,
+    prompt_keys_of_rows,
+    prompts_from_layers,
+    to_layer_data,
+)
 from napari_samed2._widgets.layout import scrolling_layout
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.engine import FramePrompt, FrameResult, Session, Volume
 from napari_samed2.engine.labels import LabelVolume
-from napari_samed2.errors import SamEd2Error
+from napari_samed2.engine.prompts import POSITIVE
+from napari_samed2.errors import HistoryError, SamEd2Error
 
 if TYPE_CHECKING:
     import napari
@@ -82,6 +94,14 @@ class _Job:
     notes: list[str] = field(default_factory=list)
     cancelled: bool = False
     error: Exception | None = None
+    session: Session | None = None  # the session it works on (its undo step is open meanwhile)
+    steps: Iterator[_Step] | None = None  # the running work, closed when the job ends
+
+
+def _drive(steps: Iterator[_Step]) -> Iterator[_Step]:
+    """The worker's generator function: it runs ``steps``, which the panel keeps, so that a
+    cancelled job's generators (a propagation's among them) are closed when it ends."""
+    yield from steps
 
 
 def _same_prompt(a: FramePrompt | None, b: FramePrompt | None) -> bool:
@@ -177,7 +197,8 @@ class SegmentationPanel(QWidget):
         self.image_choice.changed.connect(self._image_changed)
         self.state.model_changed.connect(self._model_changed)
         self.state.repropagate_requested.connect(lambda: self.repropagate())
-        self.state.memory_changed.connect(self._update_buttons)  # e.g. a policy change made slices stale
+        # e.g. a policy change made slices stale, or a pin is one more step to undo
+        self.state.memory_changed.connect(self._update_buttons)
         self._image_changed()
         self._polarity_changed(False)
         self._update_buttons()
@@ -426,20 +447,27 @@ class SegmentationPanel(QWidget):
             return
         if self._refuse_while_busy():
             return
-        with self.session.lock:
+        self.session.begin_step(f"delete object {object_id}")  # engine and output: one undo step
+        last = self.labels.next_undo
+        try:
             self.session.remove_object(object_id)
-        self._muted = True
-        for layer in (self.points_layer, self.shapes_layer):
-            if layer is not None and len(layer.data):
-                layer.selected_data = set(np.flatnonzero(layer.features["object"].to_numpy() == object_id))
-                layer.remove_selected()
-        self._muted = False
-        self._layer_prompts = {k: v for k, v in self._layer_prompts.items() if k[0] != object_id}
-        frames = self.labels.remove_object(object_id)
+            self._muted = True
+            for layer in (self.points_layer, self.shapes_layer):
+                if layer is not None and len(layer.data):
+                    layer.selected_data = set(np.flatnonzero(layer.features["object"].to_numpy() == object_id))
+                    layer.remove_selected()
+            self._muted = False
+            self._layer_prompts = {k: v for k, v in self._layer_prompts.items() if k[0] != object_id}
+            frames = self.labels.remove_object(object_id)
+        finally:
+            self.session.end_step(tag=self.labels.next_undo if self.labels.next_undo is not last else None)
         self.object_choice.removeItem(self.object_choice.findData(object_id))
         self._refresh_output()
         self.state.memory_changed.emit()
-        self._say(f"Deleted object {object_id} (its labels on {len(frames)} slices; Undo brings them back).")
+        self._say(
+            f"Deleted object {object_id} (its labels on {len(frames)} slices; Undo brings it back, "
+            "with its prompts and memory)."
+        )
 
     def _object_selected(self, _index: int) -> None:
         object_id = self.current_object
@@ -659,16 +687,19 @@ class SegmentationPanel(QWidget):
             self._update_buttons()
             return
         job = self._job = self._jobs.popleft()
+        job.session = self.session
         self.state.job = job.name
         self._last_refresh = time.monotonic()
         if job.total > 1:  # a one-slice job ends before the user could read it
             self._say(f"Running {job.name}...")
         self.labels.begin(job.name)
+        self.session.begin_step(job.name)  # the job's engine changes: one undo step
+        job.steps = job.work(*job.args)
         self.progress.setRange(0, max(job.total, 1))
         self.progress.setValue(0)
         # connecting "errored" at creation stops napari from re-raising the error as a crash
         self._worker = create_worker(
-            job.work, *job.args,
+            _drive, job.steps,
             _connect={
                 "yielded": self._on_result,
                 "errored": self._on_error,
@@ -707,8 +738,11 @@ class SegmentationPanel(QWidget):
 
     def _on_finished(self) -> None:
         job = self._job
-        if self.labels is not None:
-            self.labels.end()
+        if job.steps is not None:
+            job.steps.close()  # a cancelled propagation ends here (the worker has stopped)
+        edit = self.labels.end() if self.labels is not None else None
+        if job.session is not None:
+            job.session.end_step(tag=edit)  # the output layer's step goes with the engine's
         name, done = job.name, len(job.done)
         if job.error is not None:
             message = f"{name.capitalize()} stopped: {job.error}"
@@ -741,19 +775,50 @@ class SegmentationPanel(QWidget):
     def busy(self) -> bool:
         return self._worker is not None
 
-    # output ------------------------------------------------------------------------------
+    # undo --------------------------------------------------------------------------------
     def undo(self) -> None:
-        if self.labels is None or self._refuse_while_busy():
-            return
-        description = self.labels.undo_description
-        report = self.labels.undo()
-        self._after_history(f"Undid {description}", report)
+        """Undo the last step: the session's prompts, memory and stale slices, the output
+        layer's slices it wrote (not those painted by hand since) and the prompt layers."""
+        self._rewind(forward=False)
 
     def redo(self) -> None:
-        if self.labels is None or self._refuse_while_busy():
+        self._rewind(forward=True)
+
+    def _rewind(self, forward: bool) -> None:
+        if self.session is None or self._refuse_while_busy():
             return
-        report = self.labels.redo()
-        self._after_history("Redid", report)
+        session, verb = self.session, "redo" if forward else "undo"
+        step = session.history.next_redo if forward else session.history.next_undo
+        if step is None:
+            self._say(" ".join([f"Nothing to {verb}.", session.history.note]).strip())
+            return
+        try:
+            rewind = session.redo() if forward else session.undo()
+        except HistoryError as exc:
+            self._say(str(exc))
+            return
+        notes, report = list(rewind.notes), None
+        if step.tag is not None:
+            if step.tag is (self.labels.next_redo if forward else self.labels.next_undo):
+                report = self.labels.redo() if forward else self.labels.undo()
+            else:
+                notes.append("The output layer's part of this step had been dropped from its history "
+                             "(it keeps a limited size) and was left as it is.")
+        self._sync_objects()
+        self._sync_prompt_layers(step.prompt_keys)
+        message = f"{'Redid' if forward else 'Undid'} {step.description}"
+        if report is not None:
+            message += f": {len(report.written)} slices."
+            if report.skipped_edited:
+                message += f" Slices {report.skipped_edited} were painted since and were left as they are."
+        else:
+            message += "."
+        stale = sum(len(f) for f in session.stale.values())
+        if stale:
+            message += f" {stale} slices are stale: Re-propagate to update them."
+        self._refresh_output()
+        self.state.memory_changed.emit()  # the inspector's table and plot
+        self._say(" ".join([message, *notes]))
 
     def _refuse_without_model(self) -> bool:
         if self.state.model is None:
@@ -766,21 +831,82 @@ class SegmentationPanel(QWidget):
             self._say("Wait for the running job to end (or Cancel it) first.")
         return self.busy
 
-    def _after_history(self, what: str, report) -> None:
-        message = f"{what}: {len(report.written)} slices."
-        if report.skipped_edited:
-            message += f" Slices {report.skipped_edited} were painted since and were left as they are."
-        self._refresh_output()
-        self._say(message)
+    def _sync_objects(self) -> None:
+        """The object list as the session has it (undo may bring an object back or take one away)."""
+        ids = self.session.object_ids
+        if [self.object_choice.itemData(i) for i in range(self.object_choice.count())] == ids:
+            return
+        current = self.current_object
+        self.object_choice.blockSignals(True)
+        self.object_choice.clear()
+        for object_id in ids:
+            self.object_choice.addItem(f"object {object_id}", object_id)
+        index = self.object_choice.findData(current)
+        self.object_choice.setCurrentIndex(index if index >= 0 else self.object_choice.count() - 1)
+        self.object_choice.blockSignals(False)
+        self._object_selected(self.object_choice.currentIndex())
 
+    def _sync_prompt_layers(self, keys: set[tuple[int, int]]) -> None:
+        """Redraw the prompts of ``keys`` (object, slice) in the prompt layers as the session
+        has them now, so that the layers never hold a click the session no longer has (the
+        next Propagate would apply it again). Mask prompts are shown by the output layer."""
+        if not keys:
+            return
+        volume, image = self.session.volume, self.state.image_layer
+        layers = [layer for layer in (self.points_layer, self.shapes_layer) if layer is not None]
+        self._muted = True
+        try:
+            for layer in layers:
+                rows = [i for i, key in enumerate(prompt_keys_of_rows(volume, image, layer)) if key in keys]
+                if rows:
+                    layer.selected_data = set(rows)
+                    layer.remove_selected()
+            for object_id, frame in sorted(keys):
+                prompt = self.session.prompts.get(object_id, {}).get(frame)
+                if prompt is not None and prompt.mask is None:
+                    self._draw_prompt(object_id, frame, prompt)
+            drawn = prompts_from_layers(volume, image, self.points_layer, self.shapes_layer)
+        except _USER_ERRORS as exc:
+            self._say(str(exc))
+            return
+        finally:
+            for layer in layers:
+                layer.selected_data = set()
+            self._muted = False
+            self._object_selected(self.object_choice.currentIndex())
+            self._polarity_changed(self.polarity_button.isChecked())
+        for key in keys:  # what the layers show now is what the session has: nothing pending
+            if key in drawn:
+                self._layer_prompts[key] = drawn[key]
+            else:
+                self._layer_prompts.pop(key, None)
+
+    def _draw_prompt(self, object_id: int, frame: int, prompt: FramePrompt) -> None:
+        volume, image = self.session.volume, self.state.image_layer
+        points, shapes = self.points_layer, self.shapes_layer
+        if points is not None and len(prompt.points):
+            coords = to_layer_data(prompt.points, frame, volume, image, points)
+            for coord, label in zip(coords, prompt.labels):  # one by one: the prompt's order
+                positive = bool(label == POSITIVE)
+                points.selected_data = set()  # the colour below is for the next point only
+                points.feature_defaults = {"object": object_id, "positive": positive}
+                points.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
+                points.add(coord[None])
+        if shapes is not None and prompt.box is not None:
+            shapes.feature_defaults = {"object": object_id}
+            shapes.add_rectangles(to_layer_data(box_corners(prompt.box), frame, volume, image, shapes))
+
+    # output ------------------------------------------------------------------------------
     def overwrite_edited(self) -> None:
         """Write the model's results over the slices the user had edited by hand (asked for)."""
         if self.session is None or not self._skipped_edited:
             return
         frames = sorted(self._skipped_edited)
-        self.labels.begin(f"overwrite {len(frames)} edited slices")
+        description = f"overwrite {len(frames)} edited slices"
+        self.session.begin_step(description)
+        self.labels.begin(description)
         self.labels.write([self.session.result(f) for f in frames], overwrite=True)
-        self.labels.end()
+        self.session.end_step(tag=self.labels.end())
         self._skipped_edited.clear()
         self._refresh_output()
         self._say(f"Overwrote slices {frames} with the model's result (Undo puts your edits back).")
@@ -807,9 +933,12 @@ class SegmentationPanel(QWidget):
         self.repropagate_button.setText(f"Re-propagate {stale} stale slices" if stale else "Re-propagate stale slices")
         self.cancel_button.setEnabled(busy)
         self.progress.setVisible(busy)
-        self.undo_button.setEnabled(has_session and not busy and self.labels.can_undo)
-        self.undo_button.setText(f"Undo {self.labels.undo_description}" if has_session and self.labels.can_undo else "Undo")
-        self.redo_button.setEnabled(has_session and not busy and self.labels.can_redo)
+        undo = self.session.history.next_undo if has_session else None
+        redo = self.session.history.next_redo if has_session else None
+        self.undo_button.setEnabled(undo is not None and not busy)
+        self.undo_button.setText(f"Undo {undo.description}" if undo is not None else "Undo")
+        self.redo_button.setEnabled(redo is not None and not busy)
+        self.redo_button.setText(f"Redo {redo.description}" if redo is not None else "Redo")
         edited = sorted(self._skipped_edited)
         self.overwrite_button.setVisible(bool(edited) and not busy)
         self.overwrite_button.setText(

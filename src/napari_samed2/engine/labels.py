@@ -92,13 +92,16 @@ class LabelVolume:
         self.end()
         self._open = LabelEdit(description)
 
-    def end(self) -> None:
+    def end(self) -> LabelEdit | None:
+        """Close the step begun with :meth:`begin`; returns it, or ``None`` if it changed nothing."""
         edit, self._open = self._open, None
-        if edit is not None and edit.changes:
-            self._undo.append(edit)
-            self._redo.clear()
-            while len(self._undo) > 1 and sum(e.nbytes for e in self._undo) > self.max_undo_bytes:
-                self._undo.pop(0)
+        if edit is None or not edit.changes:
+            return None
+        self._undo.append(edit)
+        self._redo.clear()
+        while len(self._undo) > 1 and sum(e.nbytes for e in self._undo) > self.max_undo_bytes:
+            self._undo.pop(0)
+        return edit
 
     def write(
         self,
@@ -167,6 +170,15 @@ class LabelVolume:
     @property
     def can_redo(self) -> bool:
         return bool(self._redo)
+
+    @property
+    def next_undo(self) -> LabelEdit | None:
+        """The step :meth:`undo` would undo (callers tie it to steps of their own)."""
+        return self._undo[-1] if self._undo else None
+
+    @property
+    def next_redo(self) -> LabelEdit | None:
+        return self._redo[-1] if self._redo else None
 
     @property
     def undo_description(self) -> str | None:

@@ -38,6 +38,15 @@ class LibraryEntry:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """What :meth:`MemoryLibrary.place` did: ``added`` stored, in place of ``replaced``
+    (``None``: appended at the end)."""
+
+    replaced: LibraryEntry | None
+    added: LibraryEntry
+
+
+@dataclass(frozen=True)
 class _IndexRow:
     predicted_iou: float
     label: str
@@ -65,14 +74,36 @@ class MemoryLibrary:
 
         Returns whether the entry was kept.
         """
+        return self.place(entry) is not None
+
+    def place(self, entry: LibraryEntry) -> Placement | None:
+        """:meth:`add`, saying what happened: ``None`` when the entry was not kept, else
+        the entry it replaced (``None`` when appended), so that the caller can undo it."""
         if len(self.entries) < self.capacity:
             self.entries.append(entry)
-            return True
+            return Placement(None, entry)
         similarities = [cosine(entry.descriptor, other.descriptor) for other in self.entries]
         nearest = max(range(len(self.entries)), key=similarities.__getitem__)
         if entry.predicted_iou > self.entries[nearest].predicted_iou:
-            self.entries[nearest] = entry
-            return True
+            replaced, self.entries[nearest] = self.entries[nearest], entry
+            return Placement(replaced, entry)
+        return None
+
+    def remove(self, entry: LibraryEntry) -> bool:
+        """Take ``entry`` (this very object) out; the entries after it move up one index.
+        Returns whether it was there."""
+        for index, other in enumerate(self.entries):
+            if other is entry:
+                del self.entries[index]
+                return True
+        return False
+
+    def swap(self, old: LibraryEntry, new: LibraryEntry) -> bool:
+        """Put ``new`` where ``old`` (this very object) is. Returns whether ``old`` was there."""
+        for index, other in enumerate(self.entries):
+            if other is old:
+                self.entries[index] = new
+                return True
         return False
 
     def retrieve(self, descriptor: torch.Tensor, k: int) -> list[tuple[int, float]]:

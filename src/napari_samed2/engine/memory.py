@@ -15,7 +15,7 @@ conditioning memory, the way DAM4SAM promotes trusted frames), an *evicted* one 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
@@ -58,6 +58,10 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @dataclass(eq=False)
 class MemoryEntry:
     """One object on one frame: its mask output and what future frames can attend to.
+
+    The session never changes an entry once it is stored: a pin, an evict or dropped features
+    put a changed copy (``dataclasses.replace``, the tensors shared) in its place, so the undo
+    history can keep the replaced entry by reference.
 
     ``maskmem_features`` are stored in bfloat16 as sam2 does (``None`` while a prompt's
     memory is not yet encoded, or after a bounded bank dropped it); ``low_res_logits`` are
@@ -240,16 +244,20 @@ class ConfidencePolicy:
         non_cond = {frame + step * (t + 1): e for t, e in enumerate(masks + pointers)}
         return MemoryView(cond, non_cond)
 
-    def bound(self, memory: ObjectMemory) -> None:
-        """Drop the memory features of the least confident automatic entries beyond capacity."""
+    def bound(self, memory: ObjectMemory) -> list[MemoryEntry]:
+        """Drop the memory features of the least confident automatic entries beyond capacity.
+
+        Each such entry is replaced by a copy without features (entries are never changed in
+        place, so that undo can keep the old one); returns the entries replaced."""
         keep = [e for e in memory.entries.values() if e.maskmem_features is not None]
         droppable = sorted(
             (e for e in keep if e.status is EntryStatus.AUTO and not e.conditioning),
             key=lambda e: e.confidence,
         )
-        for entry in droppable[: max(0, len(keep) - self.capacity)]:
-            entry.maskmem_features = None
-            entry.obj_ptr = None
+        dropped = droppable[: max(0, len(keep) - self.capacity)]
+        for entry in dropped:
+            memory.entries[entry.frame] = replace(entry, maskmem_features=None, obj_ptr=None)
+        return dropped
 
 
 POLICIES: dict[str, type] = {"stock": StockPolicy, "confidence": ConfidencePolicy}

@@ -8,7 +8,9 @@ an annotation tool rather than a benchmark loop:
 * a corrected frame becomes a conditioning frame (sam2's ``add_all_frames_to_correct_as_cond``)
   and :meth:`Session.repropagate` recomputes only the frames that derive from it;
 * per frame and object only what memory attention can use is kept (bf16 memory features,
-  the object pointer, the low-resolution logits), so memory stays small as volumes grow.
+  the object pointer, the low-resolution logits), so memory stays small as volumes grow;
+* every user step is recorded as a difference (:mod:`.history`): :meth:`Session.undo` and
+  :meth:`Session.redo` put prompts, memory, stale frames and results back exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import json
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from napari_samed2.engine.embedding_cache import EmbeddingCache
 from napari_samed2.engine.heap import release_freed_memory
+from napari_samed2.engine.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_STEPS, History, Recorder, Rewind, Step
 from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, memory_tokens
 from napari_samed2.engine.memory import (
     EntrySource,
@@ -41,12 +45,19 @@ from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
 from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
 from napari_samed2.engine.volume import Volume, as_volume
-from napari_samed2.errors import PromptError, VolumeError
+from napari_samed2.errors import HistoryError, PromptError, VolumeError
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 
 Direction = Literal["forward", "backward", "both"]
 _LOGIT_CLAMP = 32.0  # sam2 clamps previous logits fed back with new clicks
+
+
+class _Run:
+    """One propagation: its frames are recorded as one undo step."""
+
+    def __init__(self, description: str):
+        self.description = description
 
 
 class Session:
@@ -57,6 +68,7 @@ class Session:
     (``"stock"`` or ``"confidence"``, see :mod:`.memory`). With a ``library``, the
     ``library_k`` best matching confirmed memories of earlier cases join each tracked frame's
     memory; they are listed with negative frame numbers (``-1 - library index``).
+    ``undo_steps`` and ``undo_bytes`` bound the undo history (``undo_steps=0``: none).
     """
 
     def __init__(
@@ -69,6 +81,8 @@ class Session:
         cache: EmbeddingCache | None = None,
         library: MemoryLibrary | None = None,
         library_k: int = 2,
+        undo_steps: int = DEFAULT_MAX_STEPS,
+        undo_bytes: int = DEFAULT_MAX_BYTES,
         **volume_options,
     ):
         self.model = model
@@ -88,6 +102,8 @@ class Session:
         # The GUI propagates in a worker thread while the user may click: every change of
         # state holds this lock, for one frame at a time, so clicks land between frames.
         self.lock = threading.RLock()
+        self.history = History(undo_steps, undo_bytes)
+        self._runs = 0  # propagations started and not finished or closed
 
     # objects -----------------------------------------------------------------------------
     @property
@@ -102,15 +118,19 @@ class Session:
             raise ValueError(f"object ids are positive integers (label values), got {object_id}")
         if object_id in self.memories:
             raise ValueError(f"object {object_id} exists already")
-        self.memories[object_id] = ObjectMemory(object_id)
-        self.prompts[object_id] = {}
-        self.stale[object_id] = set()
+        with self._step(f"add object {object_id}") as record:
+            record.object(object_id)
+            self.memories[object_id] = ObjectMemory(object_id)
+            self.prompts[object_id] = {}
+            self.stale[object_id] = set()
         return object_id
 
     def remove_object(self, object_id: int) -> None:
         self._memory(object_id)
-        for table in (self.memories, self.prompts, self.stale):
-            del table[object_id]
+        with self._step(f"remove object {object_id}") as record:
+            record.object(object_id)
+            for table in (self.memories, self.prompts, self.stale):
+                del table[object_id]
 
     def _memory(self, object_id: int) -> ObjectMemory:
         try:
@@ -127,13 +147,15 @@ class Session:
         are used as context (sam2's correction clicks), and the frames that derived from it
         become stale until :meth:`repropagate`.
         """
-        with self.lock:
+        self._memory(object_id)
+        self._check_frame(frame)
+        prompt.validate(self.volume.frame_shape)
+        kind = "mask" if prompt.mask is not None else "box" if prompt.box is not None else "clicks"
+        with self._step(f"{kind} of object {object_id} on slice {frame}"):
             return self._segment_frame(frame, object_id, prompt)
 
     def _segment_frame(self, frame: int, object_id: int, prompt: FramePrompt) -> FrameResult:
         memory = self._memory(object_id)
-        self._check_frame(frame)
-        prompt.validate(self.volume.frame_shape)
         is_init = frame not in memory.tracked
         reverse = memory.tracked.get(frame, False)
         previous = memory.latest(frame)
@@ -153,6 +175,10 @@ class Session:
                 encode_memory=False,
                 conditioning=True,
             )
+        record = self.history.recorder
+        record.pending(object_id, frame)
+        record.prompt(object_id, frame)
+        record.stale(object_id)
         memory.pending[frame] = entry
         self.prompts[object_id][frame] = prompt
         self.stale[object_id] |= self._derived_frames(memory, frame)
@@ -173,14 +199,18 @@ class Session:
                     f"frame {frame} holds object {object_id}'s only prompt: every mask of the object "
                     "derives from it. Remove the object instead, or add another prompt first."
                 )
-            del prompts[frame]
-            memory.pending.pop(frame, None)
-            entry = memory.entries.get(frame)
-            if frame not in memory.tracked:
-                memory.entries.pop(frame, None)
-            elif entry is not None:
-                entry.conditioning = False
-                self.stale[object_id] |= {frame} | self._derived_frames(memory, frame)
+            with self._step(f"clear the prompt of object {object_id} on slice {frame}") as record:
+                for touch in (record.prompt, record.pending, record.entry):
+                    touch(object_id, frame)
+                record.stale(object_id)
+                del prompts[frame]
+                memory.pending.pop(frame, None)
+                entry = memory.entries.get(frame)
+                if frame not in memory.tracked:
+                    memory.entries.pop(frame, None)
+                elif entry is not None:
+                    memory.entries[frame] = replace(entry, conditioning=False)
+                    self.stale[object_id] |= {frame} | self._derived_frames(memory, frame)
 
     def _derived_frames(self, memory: ObjectMemory, frame: int) -> set[int]:
         """Tracked frames whose memory chain runs through ``frame``: up to the next
@@ -223,18 +253,34 @@ class Session:
         self._check_frame(start)
         if direction not in ("forward", "backward", "both"):
             raise ValueError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
-        if direction in ("forward", "both"):
-            yield from self._run(ids, range(start, last + 1), reverse=False)
-        if direction in ("backward", "both") and start > 0:
-            yield from self._run(ids, range(start, first - 1, -1), reverse=True)
+        run = _Run(f"propagate {direction} from slice {start}")
+        with self._running():
+            if direction in ("forward", "both"):
+                yield from self._run(ids, range(start, last + 1), reverse=False, run=run)
+            if direction in ("backward", "both") and start > 0:
+                yield from self._run(ids, range(start, first - 1, -1), reverse=True, run=run)
 
     def repropagate(self) -> Iterator[FrameResult]:
         """Recompute exactly the stale frames (those derived from a changed frame), each run
         from the prompted frame it derives from; stopping early leaves the rest stale."""
-        for object_id in self.object_ids:
-            for first, last, reverse in self._stale_runs(object_id):
-                step = -1 if reverse else 1
-                yield from self._run([object_id], range(first, last + step, step), reverse=reverse)
+        run = _Run("re-propagate stale slices")
+        with self._running():
+            for object_id in self.object_ids:
+                for first, last, reverse in self._stale_runs(object_id):
+                    step = -1 if reverse else 1
+                    yield from self._run([object_id], range(first, last + step, step), reverse=reverse, run=run)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Count a propagation as running from its first frame until it ends or is closed
+        (undo is refused meanwhile: it would pull memory from under it)."""
+        with self.lock:
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._runs -= 1
 
     def _stale_runs(self, object_id: int) -> list[tuple[int, int, bool]]:
         """An object's stale frames as ``(first, last, reverse)`` runs of consecutive frames
@@ -265,22 +311,28 @@ class Session:
             raise PromptError("no object has a prompt yet: click on the object in a slice first")
         return prompted
 
-    def _run(self, object_ids: list[int], order: range, reverse: bool) -> Iterator[FrameResult]:
-        with self.lock:
+    def _run(self, object_ids: list[int], order: range, reverse: bool, run: _Run) -> Iterator[FrameResult]:
+        """Track frames in ``order``. Each frame is recorded as a step of ``run``; the steps of
+        one run merge into one undo step, however far the run gets."""
+        with self.lock, self._step(run.description, run=run):
             self._commit_pending(object_ids)
         for frame in order:
-            with self.lock, self.model.inference():
+            with self.lock, self.model.inference(), self._step(run.description, run=run) as record:
                 for object_id in object_ids:
                     memory = self.memories[object_id]
                     entry = memory.entries.get(frame)
+                    record.tracked(object_id, frame)
+                    record.stale(object_id)
                     if entry is None or not entry.conditioning:
                         new = self._track(memory, frame, is_init_cond_frame=False, reverse=reverse, encode_memory=True)
                         if entry is not None:
                             new.status = entry.status  # the user's pin or evict outlives a re-run
+                        record.entry(object_id, frame)
                         memory.entries[frame] = new
                         bound = getattr(self.policy, "bound", None)
                         if bound is not None:
-                            bound(memory)
+                            for dropped in bound(memory) or ():
+                                record.entry(object_id, dropped.frame, before=dropped)
                     memory.tracked[frame] = reverse
                     self.stale[object_id].discard(frame)
                 result = self.result(frame)
@@ -289,19 +341,34 @@ class Session:
 
     def _commit_pending(self, object_ids: list[int]) -> None:
         """Encode the memory of prompted frames, as sam2 does when propagation starts."""
+        record = self.history.recorder
+        for object_id in object_ids:
+            memory = self.memories[object_id]
+            encoded = self._encode_pending(memory)
+            for frame, entry in encoded.items():
+                record.pending(object_id, frame)
+                record.entry(object_id, frame)
+                memory.entries[frame] = entry
+            memory.pending.clear()
+
+    def _encode_pending(self, memory: ObjectMemory, keep_pos_enc: list | None = None) -> dict[int, MemoryEntry]:
+        """The object's pending prompt results with their memory encoded, as new entries.
+        The session is not changed, except that the memory position encoding is remembered
+        the first time; with ``keep_pos_enc`` (a one-item list) it is put there instead."""
+        encoded = {}
         with self.model.inference():
-            for object_id in object_ids:
-                memory = self.memories[object_id]
-                for frame, entry in sorted(memory.pending.items()):
-                    features = self._features(frame)
-                    maskmem, pos_enc = encode_prompt_memory(
-                        self.model.sam, features, entry.low_res_logits.to(self.model.device),
-                        torch.tensor([[entry.object_score]], device=self.model.device),
-                    )
-                    entry.maskmem_features = maskmem.to(torch.bfloat16)
+            for frame, entry in sorted(memory.pending.items()):
+                features = self._features(frame)
+                maskmem, pos_enc = encode_prompt_memory(
+                    self.model.sam, features, entry.low_res_logits.to(self.model.device),
+                    torch.tensor([[entry.object_score]], device=self.model.device),
+                )
+                encoded[frame] = replace(entry, maskmem_features=maskmem.to(torch.bfloat16))
+                if keep_pos_enc is None:
                     self._remember_pos_enc(pos_enc)
-                    memory.entries[frame] = entry
-                memory.pending.clear()
+                elif keep_pos_enc[0] is None:
+                    keep_pos_enc[0] = [p[0:1].clone() for p in pos_enc]
+        return encoded
 
     # one step ----------------------------------------------------------------------------
     def _track(
@@ -360,13 +427,15 @@ class Session:
         if self.library is None or not len(self.library) or self._maskmem_pos_enc is None:
             return None
         evicted = {i for i, e in memory.library.items() if e.status is EntryStatus.EVICTED}
-        pinned = [i for i, e in memory.library.items() if e.status is EntryStatus.PINNED]
+        # (an index past the end: the library shrank, e.g. another session undid an addition)
+        pinned = [i for i, e in memory.library.items() if e.status is EntryStatus.PINNED and i < len(self.library)]
         ranked = [i for i, _ in self.library.retrieve(descriptor, len(self.library)) if i not in evicted]
         chosen = pinned + [i for i in ranked if i not in pinned][: self.library_k]
         if not chosen:
             return None
         for index in chosen:
             if index not in memory.library:
+                self.history.recorder.library_row(memory.object_id, index)
                 memory.library[index] = self._library_row(memory.object_id, index, self.library.entries[index])
         entries = [self.library.entries[i] for i in chosen]
         return memory_tokens(entries, feat_size, self._maskmem_pos_enc[-1], self.model.device, torch.float32)
@@ -408,6 +477,7 @@ class Session:
     def _remember_pos_enc(self, pos_enc: list[torch.Tensor]) -> None:
         # identical for every frame and object: sam2 keeps one copy, so do we
         if self._maskmem_pos_enc is None:
+            self.history.recorder.pos_enc()
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
 
     def _features(self, frame: int) -> Features:
@@ -466,7 +536,9 @@ class Session:
         self._set_status(object_id, frame, EntryStatus.AUTO)
 
     def _set_status(self, object_id: int, frame: int, status: EntryStatus) -> None:
-        with self.lock:
+        verb = {EntryStatus.PINNED: "pin", EntryStatus.EVICTED: "evict", EntryStatus.AUTO: "restore"}[status]
+        where = f"library #{-1 - frame}" if frame < 0 else f"slice {frame}"
+        with self.lock, self._step(f"{verb} {where} of object {object_id}"):
             self._apply_status(object_id, frame, status)
 
     def _apply_status(self, object_id: int, frame: int, status: EntryStatus) -> None:
@@ -497,7 +569,14 @@ class Session:
                     f"frame {frame} is the only prompted frame in object {object_id}'s memory and "
                     "cannot be evicted; change or remove its prompt instead"
                 )
-        entry.status = status
+        record = self.history.recorder
+        record.stale(object_id)
+        if frame >= 0:
+            record.entry(object_id, frame)
+            memory.entries[frame] = replace(entry, status=status)
+        else:
+            record.library_row(object_id, -1 - frame)
+            memory.library[-1 - frame] = replace(entry, status=status)
         if entry.source is EntrySource.LIBRARY:  # library memories guide every tracked frame
             self.stale[object_id] |= set(memory.tracked) - set(self.prompts[object_id])
         else:
@@ -506,9 +585,13 @@ class Session:
     def set_policy(self, policy: str | MemoryPolicy, **options) -> None:
         """Switch memory policy (e.g. ``"confidence", min_iou=0.7``); every tracked,
         unprompted frame becomes stale, since its memory may now be chosen differently."""
-        self.policy = make_policy(policy, **options)
-        for object_id, memory in self.memories.items():
-            self.stale[object_id] |= set(memory.tracked) - set(self.prompts[object_id])
+        policy = make_policy(policy, **options)
+        with self.lock, self._step(f"memory policy {policy.name}") as record:
+            record.policy()
+            self.policy = policy
+            for object_id, memory in self.memories.items():
+                record.stale(object_id)
+                self.stale[object_id] |= set(memory.tracked) - set(self.prompts[object_id])
 
     def memory_view(self, object_id: int, frame: int, reverse: bool = False) -> MemoryView:
         """What the policy would let ``frame`` attend to now (for the inspector and tests)."""
@@ -530,27 +613,33 @@ class Session:
             ),
             key=lambda e: -e.confidence,
         )[:max_entries]
-        kept = [
-            self.library.add(LibraryEntry(e.maskmem_features, e.descriptor, e.predicted_iou, label, case))
-            for e in candidates
-        ]
-        return sum(kept)
+        kept = 0
+        with self.lock, self._step(f"add object {object_id} to the library") as record:
+            for e in candidates:
+                placement = self.library.place(LibraryEntry(e.maskmem_features, e.descriptor, e.predicted_iou, label, case))
+                if placement is not None:
+                    record.library(placement)
+                    kept += 1
+        return kept
 
     # saving ----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write prompts, memory entries (with their status) and tracking state to ``folder``
         (``session.json`` + ``tensors.safetensors``) so work can resume later on the same
-        volume and model. Prompt results still pending are encoded into memory first."""
+        volume and model. Prompt results still pending are written with their memory encoded,
+        as a propagation would store them; the session itself is not changed."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self._commit_pending(self.object_ids)
         tensors: dict[str, torch.Tensor] = {}
         objects = {}
+        pos_enc = [self._maskmem_pos_enc]
         for object_id, memory in self.memories.items():
             rows = []
-            for frame, entry in sorted(memory.entries.items()):
+            with self.lock:
+                entries = {**memory.entries, **self._encode_pending(memory, pos_enc)}
+            for frame, entry in sorted(entries.items()):
                 prefix = f"{object_id}.{frame}"
                 for name in ("maskmem_features", "low_res_logits", "obj_ptr", "descriptor"):
                     value = getattr(entry, name)
@@ -573,8 +662,8 @@ class Session:
                 "stale": sorted(self.stale[object_id]),
                 "library_status": {i: e.status.value for i, e in memory.library.items()},
             }
-        if self._maskmem_pos_enc is not None:
-            tensors["maskmem_pos_enc"] = self._maskmem_pos_enc[-1].contiguous().cpu()
+        if pos_enc[0] is not None:
+            tensors["maskmem_pos_enc"] = pos_enc[0][-1].contiguous().cpu()
         save_file(tensors, str(folder / "tensors.safetensors"))
         state = {
             "model": self.model.signature,
@@ -635,7 +724,47 @@ class Session:
                     row.status = EntryStatus(status)
                     memory.library[int(index)] = row
         session.policy = make_policy(state["policy"], **state["policy_options"])
+        session.history.clear()  # a loaded session starts with nothing to undo
         return session
+
+    # undo ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _step(self, description: str, run: _Run | None = None) -> Iterator[Recorder]:
+        """Record what the block changes as one undo step (joins a step already open)."""
+        with self.lock, self.history.record(self, description, run=run) as record:
+            yield record
+
+    def undo(self) -> Rewind | None:
+        """Put the session back as it was before its last step: prompts, memory entries (with
+        their pin / evict status), stale frames, policy, results, and what the step added to
+        the library. ``None`` when there is nothing to undo. Refused (:class:`HistoryError`)
+        while a propagation runs: finish it or close its generator first."""
+        with self.lock:
+            self._check_idle("undo")
+            return self.history.undo(self)
+
+    def redo(self) -> Rewind | None:
+        """Do again the last step undone (``None`` when there is none)."""
+        with self.lock:
+            self._check_idle("redo")
+            return self.history.redo(self)
+
+    def begin_step(self, description: str) -> None:
+        """Until :meth:`end_step`, every change is part of one undo step (the GUI's jobs)."""
+        with self.lock:
+            self.history.begin_group(description)
+
+    def end_step(self, tag=None) -> Step | None:
+        """Close the step begun with :meth:`begin_step`; ``tag`` is kept with it for the caller."""
+        with self.lock:
+            return self.history.end_group(tag)
+
+    def _check_idle(self, what: str) -> None:
+        if self._runs:
+            raise HistoryError(
+                f"cannot {what} while a propagation is running: let it finish, or stop it "
+                f"(close its generator), then {what}"
+            )
 
     # results -----------------------------------------------------------------------------
     def result(self, frame: int) -> FrameResult:

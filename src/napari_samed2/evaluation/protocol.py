@@ -101,7 +101,8 @@ def run_case(
     truth = np.moveaxis(case.label, axis, 0)
     cache = EmbeddingCache()
     try:
-        session = Session(model, case.image, axis=axis, policy=policy, cache=cache, library=library)
+        # a simulated user never undoes: no history, so replaced memories are freed at once
+        session = Session(model, case.image, axis=axis, policy=policy, cache=cache, library=library, undo_steps=0)
         for object_id in case.object_ids:
             session.add_object(object_id)
         for object_id in case.object_ids:
