@@ -1,6 +1,6 @@
 """The headless engine: volumes, prompts, propagation and memory. No Qt, no napari."""
 
-from napari_samed2.engine.embedding_cache import EmbeddingCache
+from napari_samed2.engine.embedding_cache import EmbeddingCache, EmbeddingCacheWarning
 from napari_samed2.engine.memory import EntrySource, EntryStatus, MemoryEntry, StockPolicy
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
@@ -9,6 +9,7 @@ from napari_samed2.engine.volume import Volume
 
 __all__ = [
     "EmbeddingCache",
+    "EmbeddingCacheWarning",
     "EntrySource",
     "EntryStatus",
     "FramePrompt",

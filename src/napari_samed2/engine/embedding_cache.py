@@ -11,20 +11,33 @@ queue of work does not drain for each write (a few writes in flight at most, to 
 bounded). Features on the CPU are written at once: torch's threads already hold every core
 there, and a writer thread beside them slowed propagation by ~15 % on 2 cores (its wake-ups
 preempt spinning OpenMP workers), while the write itself takes ~2 ms a frame at 512 px.
+
+The disk is a convenience, never a requirement: a folder that cannot be written (deleted,
+read-only, full) switches writing off with one :class:`EmbeddingCacheWarning`, after which
+evicted features are re-encoded when needed; a file that does not read back (truncated by a
+crash, damaged, from another version) is deleted and its features recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 DEFAULT_MEMORY_BYTES = 256 * 2**20
 MAX_WRITES_IN_FLIGHT = 4
+_DISK_ERRORS = (OSError, SafetensorError)
+
+
+class EmbeddingCacheWarning(UserWarning):
+    """The cache's folder failed; it goes on without it (memory, or re-encoding frames)."""
 
 
 @dataclass
@@ -47,14 +60,22 @@ class EmbeddingCache:
         self.memory_bytes = memory_bytes
         self.background_writes = background_writes
         self.persistent = directory is not None
-        self._tmp = None if self.persistent else tempfile.TemporaryDirectory(prefix="samed2-embeddings-")
+        self._tmp = (
+            None if self.persistent
+            else tempfile.TemporaryDirectory(prefix="samed2-embeddings-", ignore_cleanup_errors=True)
+        )
         self.directory = Path(directory) if self.persistent else Path(self._tmp.name)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.write_error: str | None = None  # why writing to disk was switched off
+        self._warned_unreadable = False
         self._memory: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
         self._used = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samed2-embedding-writer")
         self._writing: OrderedDict[str, tuple[Future, list[torch.Tensor]]] = OrderedDict()
         self.stats = CacheStats()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._stop_writing(exc)
 
     def __contains__(self, key: str) -> bool:
         return key in self._memory or self._stored(key)
@@ -76,17 +97,39 @@ class EmbeddingCache:
             self.stats.memory_hits += 1
             self._remember(key, features)
             return features
-        path = self._path(key)
-        if path.exists():
-            from safetensors.torch import load_file
-
-            stored = load_file(str(path), device=str(device))
-            features = [stored[str(i)] for i in range(len(stored))]
+        features = self._read(key, device)
+        if features is not None:
             self.stats.disk_hits += 1
             self._remember(key, features)
             return features
         self.stats.misses += 1
         return None
+
+    def _read(self, key: str, device: torch.device | str) -> list[torch.Tensor] | None:
+        """The features stored for ``key``, or None; a file that does not read back as
+        features ``"0"``..``"n-1"`` is deleted (once warned about), so it is recomputed."""
+        from safetensors.torch import load_file
+
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            stored = load_file(str(path), device=str(device))
+            if not stored or set(stored) != {str(i) for i in range(len(stored))}:
+                raise ValueError(f"it holds tensors {sorted(stored)}, not features 0..n-1")
+        except (*_DISK_ERRORS, ValueError) as exc:
+            with contextlib.suppress(OSError):  # a read-only folder keeps it: read and refused again
+                path.unlink()
+            if not self._warned_unreadable:
+                self._warned_unreadable = True
+                warnings.warn(
+                    f"the embedding cache deleted {path.name} from {self.directory}, which does not read "
+                    f"back ({exc}), and recomputes it; other damaged files are replaced silently",
+                    EmbeddingCacheWarning,
+                    stacklevel=3,
+                )
+            return None
+        return [stored[str(i)] for i in range(len(stored))]
 
     def put(self, key: str, features: list[torch.Tensor]) -> None:
         if self.persistent:
@@ -103,23 +146,31 @@ class EmbeddingCache:
                 self._write(old_key, old)
 
     def _write(self, key: str, features: list[torch.Tensor]) -> None:
-        """Write ``features`` now, or queue them (errors surface on the next write or :meth:`flush`)."""
+        """Write ``features`` now, or queue them (a failure is seen on the next write or :meth:`flush`)."""
+        if self.write_error is not None:
+            return
         background = self.background_writes
         if background is None:
             background = features[0].device.type != "cpu"
         if not background:
-            self._write_now(key, features)
+            try:
+                self._write_now(key, features)
+            except _DISK_ERRORS as exc:
+                self._stop_writing(exc)
             return
         self._writing[key] = (self._writer.submit(self._write_now, key, features), features)
         self._reap(block=len(self._writing) > MAX_WRITES_IN_FLIGHT)
 
     def _reap(self, block: bool = False) -> None:
-        """Forget finished writes (raising their errors); with ``block``, wait for the oldest."""
+        """Forget finished writes (a failed one switches writing off); with ``block``, wait for the oldest."""
         for key, (future, _) in list(self._writing.items()):
             if block or future.done():
                 del self._writing[key]
-                future.result()
                 block = False
+                try:
+                    future.result()
+                except _DISK_ERRORS as exc:
+                    self._stop_writing(exc)
 
     def flush(self) -> None:
         """Wait until every queued write is on disk."""
@@ -131,8 +182,25 @@ class EmbeddingCache:
 
         path = self._path(key)
         partial = path.with_suffix(".partial")
-        save_file({str(i): f.detach().contiguous().cpu() for i, f in enumerate(features)}, str(partial))
-        partial.replace(path)  # never leave a half-written file under a valid key
+        try:
+            save_file({str(i): f.detach().contiguous().cpu() for i, f in enumerate(features)}, str(partial))
+            partial.replace(path)  # never leave a half-written file under a valid key
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def _stop_writing(self, exc: Exception) -> None:
+        """Go on without writing to disk, after saying so once. Frames that are then evicted
+        from memory are re-encoded when needed; files already on disk are still read."""
+        if self.write_error is not None:
+            return
+        self.write_error = str(exc)
+        warnings.warn(
+            f"the embedding cache cannot write to {self.directory} ({exc}); it keeps embeddings in "
+            "memory only from now on and re-encodes frames it has to drop. Free disk space or choose "
+            "a folder you can write to for the next session.",
+            EmbeddingCacheWarning,
+            stacklevel=4,
+        )
 
     @property
     def memory_used(self) -> int:
