@@ -78,3 +78,113 @@ def test_dask_volume_is_read_one_frame_at_a_time():
     reads.clear()
     volume.model_input(4, 64, Preprocessing.IMAGENET)
     assert reads == [4]
+
+
+# bad input: each family is refused where it is given, with what to do instead ----------------
+
+BAD_VOLUMES = {
+    "no frames": (np.zeros((0, 8, 8)), {}, "empty: axis 0 has length 0 \\(no frames\\)"),
+    "no rows": (np.zeros((4, 0, 8)), {}, "empty: axis 1 has length 0 \\(no pixels"),
+    "no columns": (np.zeros((4, 8, 0)), {}, "empty: axis 2 has length 0"),
+    "rgb without frames": (np.zeros((0, 8, 8, 3), np.uint8), {}, "empty"),
+    "complex": (np.zeros((2, 8, 8), np.complex64), {}, "complex numbers.*np.abs\\(data\\)"),
+    "strings": (np.full((2, 8, 8), "a"), {}, "must hold numbers.*astype"),
+    "objects": (np.empty((2, 8, 8), object), {}, "must hold numbers"),
+    "axis too large": (np.zeros((2, 8, 8)), {"axis": 3}, "axis 3 does not exist.*0 to 2"),
+    "axis too negative": (np.zeros((2, 8, 8)), {"axis": -4}, "axis -4 does not exist"),
+    "float axis": (np.zeros((2, 8, 8)), {"axis": 1.0}, "axis must be a whole number, got 1.0"),
+    "bool axis": (np.zeros((2, 8, 8)), {"axis": True}, "axis must be a whole number"),
+    "string axis": (np.zeros((2, 8, 8)), {"axis": "0"}, "axis must be a whole number"),
+    "float fixed index": (np.zeros((2, 3, 8, 8)), {"axis": 1, "fixed": {0: 1.5}}, "fixed\\[0\\] must be a whole number"),
+    "fixed axis missing": (np.zeros((2, 3, 8, 8)), {"axis": 1, "fixed": {7: 0}}, "fixed axis 7 does not exist"),
+    "two colour channels": (np.zeros((2, 8, 8, 2)), {"rgb": True}, "3 or 4 colour channels.*rgb=False"),
+    "normalise not callable": (np.zeros((2, 8, 8)), {"normalise": "lung"}, "normalise must map a frame.*preset"),
+}
+
+
+@pytest.mark.parametrize("data, options, message", BAD_VOLUMES.values(), ids=BAD_VOLUMES.keys())
+def test_volumes_that_cannot_be_segmented_are_refused_at_once(data, options, message):
+    with pytest.raises(VolumeError, match=message):
+        Volume(data, **options)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: IntensityWindow("0", 1), "finite numbers"),
+        (lambda: IntensityWindow(float("nan"), 1), "finite numbers"),
+        (lambda: IntensityWindow(True, 2), "finite numbers"),
+        (lambda: IntensityWindow(5, 1), "below low"),
+        (lambda: IntensityWindow.ct(40, float("nan")), "width must be positive"),
+        (lambda: IntensityWindow.ct("40", 400), "finite numbers"),
+        (lambda: IntensityWindow.preset("abdomen"), "choose one of"),
+        (lambda: IntensityWindow.from_percentiles(np.ones(10), 50, 50), "lower < upper"),
+    ],
+)
+def test_bad_intensity_windows_are_volume_errors(make, message):
+    with pytest.raises(VolumeError, match=message):
+        make()
+
+
+BAD_PROMPTS = {
+    "3-component point": (dict(points=[[1, 2, 3]], labels=[1]), "\\(row, column\\) pairs.*shape \\(1, 3\\).*segment_frame's frame"),
+    "four numbers flat": (dict(points=[1, 2, 3, 4], labels=[1, 1]), "\\(N, 2\\) array, got shape \\(4,\\)"),
+    "string coordinates": (dict(points=[["a", "b"]], labels=[1]), "points must be numbers"),
+    "a string": (dict(points="12", labels=[1]), "points must be numbers"),
+    "ragged points": (dict(points=[[1, 2], [3]], labels=[1, 1]), "points must be numbers"),
+    "NaN coordinate": (dict(points=[[1, float("nan")]], labels=[1]), "points must be finite"),
+    "infinite coordinate": (dict(points=[[1, float("inf")]], labels=[1]), "points must be finite"),
+    "string labels": (dict(points=[[1, 2]], labels=["1"]), "labels must be numbers"),
+    "fractional label": (dict(points=[[1, 2]], labels=[0.5]), "1 \\(positive\\) or 0 \\(negative\\), got \\[0.5\\]"),
+    "label 2": (dict(points=[[1, 2]], labels=[2]), "1 \\(positive\\) or 0"),
+    "labels missing": (dict(points=[[1, 2], [3, 4]], labels=[1]), "2 points but 1 labels"),
+    "box of three": (dict(box=(1, 2, 3)), "four numbers \\(row0, col0, row1, col1\\), got \\(1, 2, 3\\)"),
+    "box as corners": (dict(box=((1, 2), (3, 4))), "four numbers"),
+    "box as a string": (dict(box="1,2,3,4"), "box must be numbers"),
+    "NaN box": (dict(box=(1, 2, float("nan"), 4)), "box must be finite"),
+    "box without area": (dict(box=(5, 5, 5, 9)), "no area.*row1 > row0"),
+    "box upside down": (dict(box=(9, 9, 1, 1)), "no area"),
+    "3D mask": (dict(mask=np.ones((1, 8, 8), bool)), "2D \\(H, W\\) array, got shape \\(1, 8, 8\\)"),
+    "NaN mask": (dict(mask=np.full((8, 8), np.nan)), "mask values must be finite"),
+    "probability mask": (dict(mask=np.full((8, 8), 0.3)), "True/False or 0/1.*mask > 0.5"),
+    "label image as mask": (dict(mask=np.full((8, 8), 2, np.uint16)), "labels == object_id"),
+    "string mask": (dict(mask=np.full((8, 8), "x")), "mask values must be numbers"),
+    "mask and clicks": (dict(points=[[1, 2]], labels=[1], mask=np.ones((8, 8), bool)), "cannot be combined"),
+}
+
+
+@pytest.mark.parametrize("arguments, message", BAD_PROMPTS.values(), ids=BAD_PROMPTS.keys())
+def test_prompts_that_would_be_misread_are_refused_where_they_are_made(arguments, message):
+    with pytest.raises(PromptError, match=message):
+        FramePrompt(**arguments)
+
+
+@pytest.mark.parametrize(
+    "positive, negative",
+    [([[1, 2, 3]], ()), ("ab", ()), ((), [[1, float("nan")]])],
+    ids=["3-component", "string", "NaN"],
+)
+def test_clicks_helper_refuses_what_is_not_row_column_pairs(positive, negative):
+    with pytest.raises(PromptError, match="clicks must be"):
+        FramePrompt.clicks(positive, negative)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [np.zeros((8, 8), bool), np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint8)],
+    ids=["bool", "float", "integer"],
+)
+def test_an_empty_mask_prompt_is_refused_not_segmented_as_nothing(mask):
+    with pytest.raises(PromptError, match="no pixel set.*paint the object"):
+        FramePrompt(mask=mask).validate((8, 8))
+
+
+def test_prompts_in_any_reasonable_form_are_accepted():
+    single = FramePrompt([3, 4], [True])
+    assert single.points.tolist() == [[3.0, 4.0]] and single.labels.tolist() == [1]
+    assert FramePrompt.clicks(positive=[np.int64(3), np.int64(4)]).points.shape == (1, 2)
+    assert FramePrompt(box=np.array([1, 2, 5, 6], np.float32)).box == (1.0, 2.0, 5.0, 6.0)
+    for mask in (np.eye(8, dtype=np.uint8), np.eye(8, dtype=np.float64), np.eye(8, dtype=bool)):
+        prompt = FramePrompt(mask=mask)
+        prompt.validate((8, 8))
+        assert prompt.mask.dtype == bool and prompt.mask.sum() == 8

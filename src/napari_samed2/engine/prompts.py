@@ -25,6 +25,9 @@ class FramePrompt:
     ``points``: ``(N, 2)`` rows and columns; ``labels``: ``(N,)`` 1 positive, 0 negative;
     ``box``: ``(row0, col0, row1, col1)``; ``mask``: a boolean ``(H, W)`` array. A mask
     cannot be combined with clicks (sam2 reads it as the answer for that frame).
+
+    What does not depend on the frame is checked here, so a wrong prompt fails where it is
+    made; :meth:`validate` checks it against the frame.
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
@@ -33,16 +36,22 @@ class FramePrompt:
     mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "points", np.asarray(self.points, np.float32).reshape(-1, 2))
-        object.__setattr__(self, "labels", np.asarray(self.labels, np.int32).reshape(-1))
+        object.__setattr__(self, "points", _points(self.points, "points"))
+        object.__setattr__(self, "labels", _labels(self.labels))
+        if len(self.points) != len(self.labels):
+            raise PromptError(f"{len(self.points)} points but {len(self.labels)} labels; give one label per point")
+        if self.box is not None:
+            object.__setattr__(self, "box", _box(self.box))
         if self.mask is not None:
-            object.__setattr__(self, "mask", np.asarray(self.mask).astype(bool))
+            if len(self.points) or self.box is not None:
+                raise PromptError("a mask prompt cannot be combined with clicks or a box on the same frame")
+            object.__setattr__(self, "mask", _mask(self.mask))
 
     @classmethod
     def clicks(cls, positive=(), negative=()) -> FramePrompt:
-        positive, negative = np.reshape(positive, (-1, 2)), np.reshape(negative, (-1, 2))
+        positive, negative = _points(positive, "positive clicks"), _points(negative, "negative clicks")
         labels = [POSITIVE] * len(positive) + [NEGATIVE] * len(negative)
-        return cls(np.concatenate([positive, negative]), np.array(labels))
+        return cls(np.concatenate([positive, negative]), np.array(labels, np.int32))
 
     @property
     def is_empty(self) -> bool:
@@ -53,17 +62,14 @@ class FramePrompt:
         height, width = frame_shape
         if self.is_empty:
             raise PromptError("the prompt is empty: add a click, a box or a mask for this object")
-        if len(self.points) != len(self.labels):
-            raise PromptError(f"{len(self.points)} points but {len(self.labels)} labels; give one label per point")
-        if not np.isin(self.labels, (POSITIVE, NEGATIVE)).all():
-            raise PromptError(f"point labels must be 1 (positive) or 0 (negative), got {sorted(set(self.labels.tolist()))}")
         if self.mask is not None:
-            if len(self.points) or self.box is not None:
-                raise PromptError("a mask prompt cannot be combined with clicks or a box on the same frame")
             if self.mask.shape != (height, width):
                 raise PromptError(f"mask of shape {self.mask.shape} does not match the {height}x{width} frame")
-        if len(self.points) and not np.isfinite(self.points).all():
-            raise PromptError("point coordinates must be finite numbers")
+            if not self.mask.any():
+                raise PromptError(
+                    "the mask prompt has no pixel set, which would segment nothing: paint the object "
+                    "on this frame, or prompt it with a click or a box"
+                )
         outside = [
             tuple(p) for p in self.points.tolist()
             if not (-0.5 <= p[0] <= height - 0.5 and -0.5 <= p[1] <= width - 0.5)
@@ -72,8 +78,6 @@ class FramePrompt:
             raise PromptError(f"points {outside} lie outside the {height}x{width} frame")
         if self.box is not None:
             r0, c0, r1, c1 = self.box
-            if not (r1 > r0 and c1 > c0):
-                raise PromptError(f"box {self.box} has no area; give (row0, col0, row1, col1) with row1 > row0 and col1 > col0")
             if r1 < -0.5 or c1 < -0.5 or r0 > height - 0.5 or c0 > width - 0.5:
                 raise PromptError(f"box {self.box} lies outside the {height}x{width} frame")
 
@@ -110,3 +114,73 @@ class FramePrompt:
             )
             mask = (mask >= 0.5).float()
         return mask
+
+
+def _numbers(value, name: str) -> np.ndarray:
+    """``value`` as a float64 array of finite numbers, or a PromptError naming ``name``."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # numpy refuses ragged nesting
+        array = np.asarray(value, dtype=object)
+    if array.dtype.kind not in "biuf":
+        raise PromptError(f"{name} must be numbers, got {_brief(value)}")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise PromptError(f"{name} must be finite numbers, got {_brief(value)}")
+    return array
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _points(value, name: str) -> np.ndarray:
+    """``(N, 2)`` float32 (row, column) pairs; one pair may be given flat."""
+    array = _numbers(value, name)
+    if array.size == 0:
+        return np.zeros((0, 2), np.float32)
+    if array.shape == (2,):
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise PromptError(
+            f"{name} must be (row, column) pairs, an (N, 2) array, got shape {array.shape}. "
+            "In a volume, pass the slice as segment_frame's frame and only (row, column) here."
+        )
+    return array.astype(np.float32)
+
+
+def _labels(value) -> np.ndarray:
+    array = _numbers(value, "labels").reshape(-1)
+    if not np.isin(array, (POSITIVE, NEGATIVE)).all():
+        raise PromptError(f"point labels must be 1 (positive) or 0 (negative), got {sorted(set(array.tolist()))}")
+    return array.astype(np.int32)
+
+
+def _box(value) -> tuple[float, float, float, float]:
+    array = _numbers(value, "box")
+    if array.shape != (4,):
+        raise PromptError(f"a box is four numbers (row0, col0, row1, col1), got {_brief(value)}")
+    r0, c0, r1, c1 = (float(v) for v in array)
+    if not (r1 > r0 and c1 > c0):
+        raise PromptError(
+            f"box {_brief(value)} has no area; give (row0, col0, row1, col1) with row1 > row0 and col1 > col0"
+        )
+    return r0, c0, r1, c1
+
+
+def _mask(value) -> np.ndarray:
+    """A boolean ``(H, W)`` mask from booleans or 0/1 numbers (nothing else is read as a mask:
+    a probability map or a label image would be misread by ``astype(bool)``)."""
+    array = np.asarray(value)
+    if array.ndim != 2:
+        raise PromptError(f"a mask prompt is one frame, a 2D (H, W) array, got shape {array.shape}")
+    if array.dtype != bool:
+        values = _numbers(array, "mask values")
+        if not np.isin(values, (0, 1)).all():
+            raise PromptError(
+                "mask values must be True/False or 0/1: threshold a probability map (mask > 0.5), "
+                "or pick the object from a label image (labels == object_id)"
+            )
+        array = values.astype(bool)
+    return array

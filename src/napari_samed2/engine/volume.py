@@ -8,6 +8,7 @@ frame as a float32 tensor, 12 MiB each at 1024 px).
 from __future__ import annotations
 
 import hashlib
+import numbers
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -46,15 +47,21 @@ class Volume:
             data = np.asarray(data)
         self.data = data
         shape = tuple(int(s) for s in data.shape)
+        _check_dtype(np.dtype(data.dtype))
         self.rgb = bool(rgb) if rgb is not None else (len(shape) >= 3 and shape[-1] in (3, 4))
+        if self.rgb and (not shape or shape[-1] not in (3, 4)):
+            raise VolumeError(
+                f"rgb=True needs 3 or 4 colour channels on the last axis, got shape {shape}; "
+                "pass rgb=False for a grayscale volume"
+            )
         spatial_ndim = len(shape) - (1 if self.rgb else 0)
         if spatial_ndim < 3:
             raise VolumeError(
                 f"need at least 3 dimensions (slices or frames, then height and width), got shape "
                 f"{shape}. For a single 2D image add an axis: data[None]."
             )
-        self.axis = axis % spatial_ndim
-        self.fixed = {k % spatial_ndim: int(v) for k, v in (fixed or {}).items()}
+        self.axis = _axis(axis, spatial_ndim, "axis")
+        self.fixed = {_axis(k, spatial_ndim, "fixed axis"): _whole(v, f"fixed[{k}]") for k, v in (fixed or {}).items()}
         plane = [d for d in range(spatial_ndim) if d != self.axis and d not in self.fixed]
         if len(plane) != 2 or self.axis in self.fixed:
             raise VolumeError(
@@ -65,6 +72,16 @@ class Volume:
         for dim, index in self.fixed.items():
             if not 0 <= index < shape[dim]:
                 raise VolumeError(f"fixed index {index} is outside axis {dim} of length {shape[dim]}")
+        empty = [dim for dim in (self.axis, *plane) if shape[dim] == 0]
+        if empty:
+            raise VolumeError(
+                f"the volume of shape {shape} is empty: axis {empty[0]} has length 0 (no "
+                f"{'frames' if empty[0] == self.axis else 'pixels in a frame'}); open an image with voxels in it"
+            )
+        if normalise is not None and not callable(normalise):
+            raise VolumeError(
+                f"normalise must map a frame to [0, 1] (e.g. IntensityWindow.preset('lung')), got {normalise!r}"
+            )
         self.plane_axes = tuple(plane)
         self.shape = shape
         self._normalise = normalise
@@ -132,6 +149,30 @@ class Volume:
         digest.update(f"{raw.shape}{raw.dtype}{self.normalise!r}".encode())
         digest.update(raw.data)
         return digest.hexdigest()
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.kind == "c":
+        raise VolumeError(
+            f"the image holds complex numbers ({dtype}), which have no single brightness: pass "
+            "np.abs(data) for the magnitude, or data.real"
+        )
+    if dtype.kind not in "biuf":
+        raise VolumeError(f"the image must hold numbers, not {dtype}; convert it, e.g. data.astype(np.float32)")
+
+
+def _whole(value, name: str) -> int:
+    """An integer argument (a numpy integer too); floats and bools are refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise VolumeError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _axis(axis, ndim: int, name: str) -> int:
+    axis = _whole(axis, name)
+    if not -ndim <= axis < ndim:
+        raise VolumeError(f"{name} {axis} does not exist in an array with {ndim} spatial axes (0 to {ndim - 1})")
+    return axis % ndim
 
 
 def as_volume(data, axis: int = 0, **kwargs) -> Volume:

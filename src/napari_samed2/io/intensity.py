@@ -6,6 +6,7 @@ slice to slice: the model's memory relies on that.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -36,15 +37,18 @@ class IntensityWindow:
     high: float
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.low) and np.isfinite(self.high)):
-            raise ValueError(f"intensity window bounds must be finite, got {self.low}, {self.high}")
+        if not (_finite_number(self.low) and _finite_number(self.high)):
+            raise VolumeError(f"intensity window bounds must be finite numbers, got {self.low!r}, {self.high!r}")
         if self.high < self.low:
-            raise ValueError(f"intensity window high ({self.high}) is below low ({self.low})")
+            raise VolumeError(f"intensity window high ({self.high}) is below low ({self.low})")
 
     @classmethod
     def ct(cls, level: float, width: float) -> IntensityWindow:
-        if width <= 0:
-            raise ValueError(f"CT window width must be positive, got {width}")
+        if not (_finite_number(level) and _finite_number(width) and width > 0):
+            raise VolumeError(
+                f"CT window width must be positive, and level and width finite numbers (HU); got "
+                f"level={level!r}, width={width!r}"
+            )
         return cls(level - width / 2, level + width / 2)
 
     @classmethod
@@ -52,7 +56,7 @@ class IntensityWindow:
         try:
             return cls.ct(*CT_PRESETS[name])
         except KeyError:
-            raise ValueError(f"unknown CT preset {name!r}; choose one of {sorted(CT_PRESETS)}") from None
+            raise VolumeError(f"unknown CT preset {name!r}; choose one of {sorted(CT_PRESETS)}") from None
 
     @classmethod
     def from_percentiles(
@@ -65,7 +69,7 @@ class IntensityWindow:
         finite minimum to maximum instead, so the few other voxels stay visible.
         """
         if not 0 <= lower < upper <= 100:
-            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+            raise VolumeError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
         sample = strided_sample(data, seed=seed)
         finite = sample[np.isfinite(sample)]
         if finite.size == 0:
@@ -96,3 +100,7 @@ class IntensityWindow:
             )
             np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
         return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
