@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from napari_samed2.errors import ExistingFileError, ImageFileError, OutputFolderError
+from napari_samed2.errors import ExistingFileError, ImageFileError, OutputFolderError, SamEd2Error
 
 # Longer suffixes before the ones they end with; the first is the default for writing.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -29,9 +29,10 @@ def replacing(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; move it onto ``path`` once complete.
 
     An existing ``path`` is replaced only with ``overwrite=True`` (else ExistingFileError),
-    and a write that fails half way leaves neither a partial file nor a damaged original.
-    The temporary name ends like ``path`` so writers that pick compression from the suffix
-    (nibabel's ``.gz``) behave the same.
+    and a write that fails half way leaves neither a partial file nor a damaged original; the
+    OutputFolderError it raises names ``path``, not the hidden temporary file. The temporary
+    name ends like ``path`` so writers that pick compression from the suffix (nibabel's
+    ``.gz``) behave the same.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -42,11 +43,26 @@ def replacing(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
     if not path.parent.is_dir():
         raise ImageFileError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
     partial = path.with_name(f".{uuid.uuid4().hex[:8]}.partial.{path.name}")
+    existed = path.exists()
     try:
         yield partial
         os.replace(partial, path)
+    except SamEd2Error:
+        raise
+    except OSError as exc:
+        kept = f"the earlier {path.name} is unchanged. " if existed else ""
+        raise OutputFolderError(
+            f"cannot write {path} ({exc.strerror or exc}); {kept}Save to a folder you can "
+            "write to, or free disk space."
+        ) from exc
     finally:
         partial.unlink(missing_ok=True)
+
+
+def require_voxels(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Refuse a file whose image has an axis of length 0, before napari or the engine see it."""
+    if 0 in shape:
+        raise ImageFileError(f"{Path(path).name} holds no voxels (shape {shape}); export the image again")
 
 
 def check_writable(folder: str | Path) -> Path:

@@ -124,3 +124,28 @@ def require_volume(data: Any, *, rgb: bool = False) -> tuple[int, int, int]:
     if min(spatial) < 1:
         raise VolumeError(f"the volume of shape {shape} is empty; open a file with voxels in it")
     return spatial  # type: ignore[return-value]
+
+
+def layer_geometry(
+    scale: Any, translate: Any, shape: tuple[int, ...]
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """napari ``scale`` and ``translate`` for labels of ``shape``, checked before writing: one
+    finite number per axis, voxel sizes above 0 (a file cannot store a size of 0 or NaN)."""
+    checked = []
+    for name, values, what in (("scale", scale, "voxel size"), ("translate", translate, "offset")):
+        if values is None:
+            checked.append(None)
+            continue
+        try:
+            array = np.asarray(values, dtype=np.float64)
+            valid = array.shape == (len(shape),) and np.isfinite(array).all()
+            valid = valid and not (name == "scale" and (array <= 0).any())
+        except (TypeError, ValueError):  # not numbers
+            valid = False
+        if not valid:
+            raise VolumeError(
+                f"{name} must be one finite {what}{' above 0' if name == 'scale' else ''} per axis of the "
+                f"labels (shape {shape}), got {values!r}"
+            )
+        checked.append(tuple(float(v) for v in array))
+    return checked[0], checked[1]

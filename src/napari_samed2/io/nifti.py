@@ -45,8 +45,8 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from napari_samed2.errors import ImageFileError, VolumeError
-from napari_samed2.io._files import NIFTI_SUFFIXES, replacing, split_suffix
-from napari_samed2.io.arrays import LAZY_BYTES, LayerData, as_label_array, looks_like_labels
+from napari_samed2.io._files import NIFTI_SUFFIXES, replacing, require_voxels, split_suffix
+from napari_samed2.io.arrays import LAZY_BYTES, LayerData, as_label_array, layer_geometry, looks_like_labels
 
 METADATA_KEY = "nifti"
 DISPLAY_AXCODES = ("S", "P", "L")
@@ -258,7 +258,40 @@ def _load(path: Path) -> nib.Nifti1Image:
             "2D images, 3D volumes and 4D (x, y, z, t) series. Save the volume you need on its "
             "own first, e.g. with nibabel: nib.save(img.slicer[..., 0, 0], 'volume.nii.gz')"
         )
+    require_voxels(path, img.shape)
+    _require_orientation(img, path)
     return img
+
+
+def _require_orientation(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse a file whose voxel-to-scanner transform cannot place voxels (all zeros, singular,
+    not finite): nibabel fails on it deep in the orientation code, or yields NaN geometry."""
+    if _usable(img.affine):
+        return
+    header = img.header
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    used = "sform" if sform_code > 0 else "qform" if qform_code > 0 else "voxel size (pixdim)"
+    if used == "sform" and qform_code > 0 and _usable(header.get_qform()):
+        fix = (
+            "Its qform is valid; to use it, with nibabel: img = nib.load(path); "
+            "img.set_sform(img.get_qform(), code=int(img.header['qform_code'])); nib.save(img, path)"
+        )
+    else:
+        fix = "Export the image again from its source, or set its sform with nibabel (img.set_sform(affine, code=1))"
+    raise ImageFileError(
+        f"{path.name} has no usable orientation: its {used} does not map voxels to scanner positions "
+        f"(the matrix is {_flaw(img.affine)}). {fix}."
+    )
+
+
+def _usable(affine: np.ndarray) -> bool:
+    return bool(np.isfinite(affine).all()) and np.linalg.matrix_rank(affine[:3, :3]) == 3
+
+
+def _flaw(affine: np.ndarray) -> str:
+    if not np.isfinite(affine).all():
+        return "not finite"
+    return "all zeros" if not affine[:3, :3].any() else "singular: an axis has no extent"
 
 
 def _voxels(img: nib.Nifti1Image, path: Path, geometry: NiftiGeometry) -> Any:
@@ -296,8 +329,9 @@ def _labels_on_grid(labels: np.ndarray, scale: Any, translate: Any) -> nib.Nifti
             f"labels of shape {labels.shape} have no source NIfTI grid; only 3D (z, y, x) labels "
             "can be saved from scale/translate alone. Draw the labels on an image opened from NIfTI"
         )
-    scale = np.ones(3) if scale is None else np.asarray(scale, dtype=float)
-    translate = np.zeros(3) if translate is None else np.asarray(translate, dtype=float)
+    scale, translate = layer_geometry(scale, translate, labels.shape)
+    scale = np.ones(3) if scale is None else np.asarray(scale)
+    translate = np.zeros(3) if translate is None else np.asarray(translate)
     affine = np.eye(4)
     affine[:3, :3] = _RAS_TO_DISPLAY.T @ np.diag(scale)
     affine[:3, 3] = _RAS_TO_DISPLAY.T @ translate

@@ -24,8 +24,8 @@ import numpy as np
 import tifffile
 
 from napari_samed2.errors import ImageFileError
-from napari_samed2.io._files import TIFF_SUFFIXES, replacing, split_suffix
-from napari_samed2.io.arrays import LAZY_BYTES, LayerData, as_label_array, looks_like_labels
+from napari_samed2.io._files import TIFF_SUFFIXES, replacing, require_voxels, split_suffix
+from napari_samed2.io.arrays import LAZY_BYTES, LayerData, as_label_array, layer_geometry, looks_like_labels
 
 METADATA_KEY = "tiff"
 _AXES = "TZYX"
@@ -59,6 +59,7 @@ def read_tiff(path: str | Path) -> list[LayerData]:
         raise _unreadable(path, f"{type(exc).__name__}: {exc}") from exc
     if damage.messages:
         raise _unreadable(path, damage.messages[0])
+    require_voxels(path, shape)
     rgb = axes.endswith("S")  # colour samples: napari's rgb axis, which has no scale
     is_labels = not rgb and looks_like_labels(path, data)
     if is_labels and not (isinstance(data, np.ndarray) and data.dtype.kind in "iu"):
@@ -96,6 +97,7 @@ def write_tiff_labels(
         )
     axes = _AXES[-values.ndim :]
     metadata: dict[str, Any] = {"axes": axes}
+    scale, _ = layer_geometry(scale, None, values.shape)
     if scale is not None:
         for axis, size in zip(axes, scale, strict=True):
             if axis in "ZYX":
