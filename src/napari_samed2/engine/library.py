@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from napari_samed2.engine.memory import cosine, image_descriptor
 from napari_samed2.errors import CheckpointError
+from napari_samed2.models.checkpoint import explain_refusal
 
 DEFAULT_CAPACITY = 640  # the release's bank size
 
@@ -157,8 +158,8 @@ class MemoryLibrary:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # weights_only refuses anything beyond tensors and containers
             raise CheckpointError(
-                f"{path.name} was refused: it is not a plain list of tensors ({str(exc).splitlines()[0]}). "
-                "Only the SAMed-2 release's memory bank file can be imported."
+                f"{path.name} was refused: {explain_refusal(path, exc).reason}. "
+                "Only the SAMed-2 release's memory bank file (a list of tensors) can be imported."
             ) from exc
         if not isinstance(raw, (list, tuple)) or not raw:
             raise CheckpointError(f"{path.name} does not hold a list of memory entries")

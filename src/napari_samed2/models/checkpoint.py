@@ -6,7 +6,10 @@ to know *which* file is wrong, *how*, and which model it probably is instead.
 
 from __future__ import annotations
 
+import io
+import itertools
 import pickle
+import pickletools
 import re
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     is refused rather than executed.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint file: pass the .pt, .pth or .safetensors file in it")
     if not path.is_file():
         raise CheckpointError(
             f"Checkpoint file {str(path)!r} does not exist. Check the path, or pass a model "
@@ -38,37 +43,123 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
                 f"{path.name} is not a readable safetensors file ({exc}). The file may be "
                 "truncated: download it again."
             ) from exc
+        if not state:
+            raise CheckpointError(f"{path.name} holds no tensors, so no weights: export or download the model again.")
+        return state
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name} is empty (0 bytes): the download or copy did not finish; fetch it again.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # not code, just bytes that are no checkpoint
-            raise CheckpointError(
-                f"{path.name} is not a readable PyTorch checkpoint (it does not unpickle). "
-                "The file may be truncated or corrupted, or not a checkpoint: download it again."
-            ) from exc
-        raise CheckpointError(
-            f"{path.name} holds Python objects beyond tensors, which are not loaded for safety "
-            f"({_first_line(exc)}). Re-save it as a plain state dict: "
-            "torch.save({'model': model.state_dict()}, path)."
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path.name} is not a readable PyTorch checkpoint ({_first_line(exc)}). "
-            "The file may be truncated or corrupted: download it again."
-        ) from exc
+    except Exception as exc:  # on bytes it cannot parse torch.load raises anything (KeyError: 101 for text)
+        refusal = explain_refusal(path, exc)
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {refusal.reason}. {refusal.advice}") from exc
     return _state_dict_from(obj, path)
 
 
-def _first_line(exc: BaseException) -> str:
-    return next(iter(str(exc).splitlines()), "") or type(exc).__name__
+@dataclass(frozen=True)
+class Refusal:
+    """Why ``torch.load(weights_only=True)`` did not load a file, and what to do about it."""
+
+    reason: str
+    advice: str
+
+
+# What torch's weights-only unpickler imports for plain tensors and containers.
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset")
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_LEGACY_TORCH_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # torch.save before zip files
+
+
+def explain_refusal(path: Path, exc: BaseException) -> Refusal:
+    """Tell, from the file's bytes (its pickle opcodes are parsed, never run), whether it holds
+    code that was refused, is text or a Git LFS pointer, a damaged torch.save file, or a pickle
+    torch.save did not write: torch's own message names an opcode or a key instead."""
+    with open(path, "rb") as stream:
+        head = stream.read(64)
+    if head.startswith(_LFS_POINTER):
+        return Refusal("it is a Git LFS pointer, not the file itself", "Fetch the file: git lfs pull.")
+    imports = _pickled_imports(path)
+    refused = [name for name in imports or () if not name.startswith(_TENSOR_GLOBALS)]
+    if refused:  # first: a protocol-0 pickle is printable text too
+        return Refusal(
+            f"it holds pickled Python code or objects beyond tensors ({', '.join(list(dict.fromkeys(refused))[:3])}), "
+            "which were refused, not run: files are read with torch.load(weights_only=True), which loads tensors only",
+            "If you trust the file's source, re-save it as a plain state dict: "
+            "torch.save({'model': model.state_dict()}, path).",
+        )
+    if _is_text(head):
+        first_line = head.decode(errors="replace").splitlines()[0][:40]
+        return Refusal(
+            f"it is a text file (it starts {first_line!r}), perhaps an error page saved in place of the weights",
+            "Download the file again.",
+        )
+    if imports is not None and not (zipfile.is_zipfile(path) or head.startswith(_LEGACY_TORCH_HEAD)):
+        return Refusal(
+            "it is a Python pickle that torch.save did not write", "Save the weights with torch.save(state_dict, path)."
+        )
+    return Refusal("the file is truncated or corrupted", "Download or copy it again.")
+
+
+def _pickled_imports(path: Path) -> list[str] | None:
+    """The ``module.name`` globals the file's pickles import (in a zip archive, those of its
+    ``data.pkl``), or None if the file does not start with a whole pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                return _imports_of(io.BytesIO(archive.read(name)))
+        with open(path, "rb") as stream:
+            return _imports_of(stream)
+    except Exception:  # a damaged archive, no data.pkl, or not a pickle: nothing to tell from it
+        return None
+
+
+def _imports_of(stream) -> list[str]:
+    """Globals imported by the pickles at the start of ``stream`` (a legacy torch file holds
+    several in a row, then raw tensor bytes). Raises if the first one is not whole."""
+    imports: list[str] = []
+    for number in itertools.count():
+        if not stream.read(1):
+            if number == 0:
+                raise ValueError("no pickle")
+            break
+        stream.seek(-1, io.SEEK_CUR)
+        try:
+            imports += _globals_in_one_pickle(stream)
+        except Exception:
+            if number == 0:
+                raise
+            break
+    return imports
+
+
+def _globals_in_one_pickle(stream) -> list[str]:
+    found, memo, strings = [], {}, []
+    for opcode, arg, _ in pickletools.genops(stream):
+        if opcode.name in ("GLOBAL", "INST"):
+            found.append(arg.replace(" ", "."))
+        elif opcode.name == "STACK_GLOBAL":
+            found.append(".".join(str(s) for s in strings[-2:]))
+        elif opcode.name == "MEMOIZE":
+            memo[len(memo)] = strings[-1] if strings else None
+        elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = strings[-1] if strings else None
+        elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+            strings.append(memo.get(arg))
+        elif isinstance(arg, str):
+            strings.append(arg)
+    return found
+
+
+def _is_text(head: bytes) -> bool:
+    """No control characters but tabs and line breaks: binary formats all have some early on."""
+    return bool(head.strip()) and all(byte >= 0x20 and byte != 0x7F or byte in b"\t\n\r" for byte in head)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -96,8 +187,13 @@ def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path.name} does not contain a state dict (a mapping of tensors).")
+    if isinstance(obj, dict) and not obj:
+        raise CheckpointError(f"{path.name} holds an empty state dict, so no weights: save the model again.")
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{path.name} does not contain a state dict (a mapping of tensors) but a {type(obj).__name__}: "
+            "save one with torch.save({'model': model.state_dict()}, path)."
+        )
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(obj):
         raise CheckpointError(
