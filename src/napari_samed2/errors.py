@@ -19,6 +19,10 @@ class CheckpointMismatchError(CheckpointError):
     """A readable checkpoint whose keys or shapes do not fit the chosen architecture."""
 
 
+class ModelSettingsError(SamEd2Error, ValueError):
+    """A load_model setting that cannot be used: a device, dtype or image size."""
+
+
 class WeightsUnavailableError(SamEd2Error):
     """Weights that cannot be fetched (offline, no cache, or not downloadable at all)."""
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import importlib.util
 import logging
+import numbers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from napari_samed2.errors import CheckpointMismatchError, WeightsUnavailableError
+from napari_samed2.errors import CheckpointMismatchError, ModelSettingsError, WeightsUnavailableError
 from napari_samed2.models.checkpoint import (
     CHECKPOINT_SUFFIXES,
     describe_mismatch,
@@ -79,11 +80,14 @@ class LoadedModel:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
     if str(device) != "auto":
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ModelSettingsError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {device!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' was asked for but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'.")
+            raise ModelSettingsError("device='cuda' was asked for but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'.")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("device='mps' was asked for but this PyTorch has no MPS support; use 'auto' or 'cpu'.")
+            raise ModelSettingsError("device='mps' was asked for but this PyTorch has no MPS support; use 'auto' or 'cpu'.")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -105,7 +109,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     try:
         return named[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(named)}, not {dtype!r}") from None
+        raise ModelSettingsError(f"dtype must be 'auto' or one of {sorted(named)}, not {dtype!r}") from None
 
 
 def build_model(spec: ModelSpec, image_size: int | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -116,9 +120,9 @@ def build_model(spec: ModelSpec, image_size: int | None = None, device: str | to
     """
     from sam2.build_sam import build_sam2_video_predictor
 
-    size = image_size or spec.image_size
-    if size % 32:
-        raise ValueError(f"image_size must be a multiple of 32, not {size}")
+    size = spec.image_size if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 32 or size % 32:
+        raise ModelSettingsError(f"image_size must be a positive multiple of 32 (e.g. 512 or 1024), not {size!r}")
     config_name, overrides = spec.hydra_config
     sam = build_sam2_video_predictor(
         config_name, ckpt_path=None, device=device, hydra_overrides_extra=[*overrides, f"++model.image_size={size}"]
