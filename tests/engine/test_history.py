@@ -311,7 +311,8 @@ def test_history_stays_under_its_caps_over_200_steps(tiny_model, volume, cache):
         if i % 4 == 3:
             list(session.repropagate())  # replaces entries: the old ones are kept for undo
         elif i % 4 == 2:
-            session.pin(obj, frame) if i % 8 == 2 else session.restore(obj, frame)
+            pinnable = frame not in session.prompts[obj]  # a prompted frame is always attended to
+            session.pin(obj, frame) if i % 8 == 2 and pinnable else session.restore(obj, frame)
         else:
             session.segment_frame(frame, obj, click(30 + i % 3, 25 + frame, positive=bool(i % 2)))
         assert session.history.nbytes <= cap
