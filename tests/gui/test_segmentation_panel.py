@@ -115,21 +115,26 @@ def test_propagation_within_a_range(panel, qtbot):
     assert sorted(panel.session.memories[1].entries) == [3, 4, 5]
 
 
-def test_cancel_keeps_the_slices_done(panel, qtbot):
-    _run(panel, qtbot, _click, panel, 0, 30, 32)
+def _propagate_forward_and_cancel(panel, qtbot, after: int = 2) -> str:
+    """Press Propagate, then Cancel once ``after`` slices have arrived; the final message."""
     done = []
 
-    def cancel_after_two(_step):
+    def cancel_after(_step):
         done.append(1)
-        if len(done) == 2:
+        if len(done) == after:
             panel.cancel()
 
     panel.direction_choice.setCurrentText("forward")
     panel.propagate()
-    panel._worker.yielded.connect(cancel_after_two)
+    panel._worker.yielded.connect(cancel_after)
     with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
         pass
-    assert signal.args[0].startswith("Cancelled propagate")
+    return signal.args[0]
+
+
+def test_cancel_keeps_the_slices_done(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    assert _propagate_forward_and_cancel(panel, qtbot).startswith("Cancelled propagate")
     tracked = sorted(panel.session.memories[1].tracked)
     assert 2 <= len(tracked) < 8
     written = [f for f in range(8) if panel.output_layer.data[f].any()]
@@ -338,19 +343,8 @@ def test_undo_while_a_job_runs_is_refused_with_a_message(panel, qtbot):
 def test_a_cancelled_propagation_is_one_step_to_undo(panel, qtbot):
     _run(panel, qtbot, _click, panel, 0, 30, 32)
     after_click = panel.output_layer.data.copy()
-    done = []
-
-    def cancel_after_two(_step):
-        done.append(1)
-        if len(done) == 2:
-            panel.cancel()
-
-    panel.direction_choice.setCurrentText("forward")
-    panel.propagate()
-    panel._worker.yielded.connect(cancel_after_two)
-    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
-        pass
-    assert signal.args[0].startswith("Cancelled propagate") and len(panel.session.memories[1].tracked) >= 2
+    message = _propagate_forward_and_cancel(panel, qtbot)
+    assert message.startswith("Cancelled propagate") and len(panel.session.memories[1].tracked) >= 2
     assert panel.undo_button.text() == "Undo propagate"
     panel.undo()  # the propagation's generator was closed: the engine does not refuse
     assert panel.status.text().startswith("Undid propagate")
