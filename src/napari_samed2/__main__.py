@@ -21,8 +21,10 @@ def dock_all_widgets(viewer) -> dict:
     manifest = PluginManager.instance().get_manifest(PLUGIN)
     names = [w.display_name for w in manifest.contributions.widgets or []]
     docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True) for name in names}
-    if docks:
-        docks[names[0]][0].raise_()
+    if docks:  # napari shows the last tab added; bring the first to the front once it is laid out
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, docks[names[0]][0].raise_)
     return {name: widget for name, (_dock, widget) in docks.items()}
 
 
