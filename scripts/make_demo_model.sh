@@ -16,10 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/demo}"
-COMMON=(--synthetic 300 --synthetic-distractors --train all --grad-clip 1.0 --weight-decay 0.05 --seed 0 --device cpu)
+COMMON=(--synthetic 300 --synthetic-distractors --train all --grad-clip 1.0 --weight-decay 0.05 --loss-weights dice=20 --seed 0 --device cpu)
 .venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model demo --from-scratch \
-  --clip-length 1 --steps 4000 --lr 4e-4 --prompt-probs box=0.6,click=0.4 \
-  --correction-frames 1 --correction-clicks 2 --val-every 0 --save-every 1000 --out "$OUT/image"
+  --clip-length 1 --steps 6000 --lr 8e-4 --prompt-probs box=0.6,click=0.4 \
+  --correction-frames 1 --correction-clicks 2 --val-every 0 --save-every 500 --out "$OUT/image"
 .venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model "$OUT/image/model.safetensors" \
   --clip-length 8 --steps 2000 --lr 2e-4 --prompt-probs box=0.6,click=0.2,mask=0.2 \
   --val-every 250 --save-every 250 --out "$OUT/video"

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correction-clicks", type=int, help=f"correction clicks per such frame (default: {d.correction_clicks})")
     p.add_argument("--prompt-probs", type=_prompt_probs, metavar="KIND=P,...",
                    help="first-slice prompt mix, e.g. box=0.5,click=0.25,mask=0.25 (default: SAM-2's)")
+    p.add_argument("--loss-weights", type=_weights, metavar="TERM=W,...",
+                   help=f"loss term weights, e.g. dice=5 (default: sam2's {_pairs(d.loss_weights)})")
     p.add_argument("--memory-policy", help=f"memory policy while training: stock or confidence (default: {d.memory_policy})")
     p.add_argument("--val-every", type=int, help=f"steps between validations, 0: never (default: {d.val_every})")
     p.add_argument("--save-every", type=int, help=f"steps between checkpoints, 0: only at the end (default: {d.save_every})")
@@ -67,6 +69,17 @@ def _prompt_probs(text: str) -> dict[str, float]:
         return {kind.strip(): float(p) for kind, p in (item.split("=") for item in text.split(","))}
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give KIND=P pairs, e.g. box=0.5,click=0.25,mask=0.25") from None
+
+
+def _weights(text: str) -> dict[str, float]:
+    try:
+        return {term.strip(): float(w) for term, w in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give TERM=WEIGHT pairs, e.g. focal=20,dice=5") from None
+
+
+def _pairs(values: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in values.items())
 
 
 def main(argv: list[str] | None = None) -> int:

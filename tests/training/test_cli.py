@@ -90,7 +90,7 @@ def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, caps
     code = main([
         "--synthetic", "2", "--model", "demo", "--from-scratch", "--train", "all", "--steps", "2",
         "--clip-length", "2", "--correction-frames", "0", "--prompt-probs", "box=0.5,click=0.25,mask=0.25",
-        "--val-every", "2", "--device", "cpu", "--out", str(out),
+        "--loss-weights", "dice=20", "--val-every", "2", "--device", "cpu", "--out", str(out),
     ])
     assert code == 0, capsys.readouterr().err
     model = load_model(out / "best.safetensors", device="cpu")
@@ -98,6 +98,7 @@ def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, caps
     config = __import__("json").loads(__import__("safetensors").safe_open(
         str(out / "model.safetensors"), framework="pt").metadata()["config"])
     assert config["prompt_probs"] == {"box": 0.5, "click": 0.25, "mask": 0.25}
+    assert config["loss_weights"] == {"focal": 20.0, "dice": 20.0, "iou": 1.0, "object_score": 1.0}
 
 
 def test_look_alikes_can_be_training_objects_and_the_checkpoint_says_so(tmp_path, capsys):
@@ -132,3 +133,10 @@ def test_training_data_is_files_or_synthetic_volumes_not_both(tmp_path, capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "KIND=P pairs" in capsys.readouterr().err
+    try:
+        main(["--synthetic", "1", "--loss-weights", "dice", "--out", str(tmp_path)])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "TERM=WEIGHT pairs" in capsys.readouterr().err
+    assert main(["--synthetic", "1", "--loss-weights", "boundary=1", "--out", str(tmp_path)]) == 2
+    assert "unknown loss terms ['boundary']" in capsys.readouterr().err

@@ -251,7 +251,8 @@ class _Builder:
                 continue  # the volume is too full for another object; fewer objects then
             label = len(kinds) + 1
             self.labels[box][free] = label
-            contrast = float(rng.uniform(0.35, 0.9)) * (1 if rng.random() < 0.6 else -0.75)
+            # bright up to 2.5x the tissue (contrast-filled vessels, the sample's organs), dark down to 1/3
+            contrast = float(rng.uniform(0.35, 1.5)) if rng.random() < 0.6 else -float(rng.uniform(0.26, 0.67))
             self.tissue[box][free] = 1.0 + contrast
             kinds.append(kind)
             contrasts.append(contrast)
@@ -366,7 +367,7 @@ class _Builder:
         rng, depth, size = self.rng, self.shape[0], self.size
         scale = 0.5 if small else 2.0 if large else 1.0
         rz = rng.uniform(0.15, 0.45) * depth * (1.5 if large else 1.0)
-        ry, rx = rng.uniform(0.05, 0.16, size=2) * size * scale
+        ry, rx = rng.uniform(0.05, 0.24, size=2) * size * scale  # small nodules to large organs
         theta = rng.uniform(0, np.pi)
         drift = rng.uniform(-0.5, 0.5, size=2) * size / 128  # pixels per slice: an oblique organ
         cz = self._z_range(rz)

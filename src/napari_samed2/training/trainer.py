@@ -538,6 +538,7 @@ def train(
     correction_frames: int | None = None,
     correction_clicks: int | None = None,
     prompt_probs: dict[str, float] | None = None,
+    loss_weights: dict[str, float] | None = None,
     memory_policy: str | None = None,
     val_every: int | None = None,
     save_every: int | None = None,
@@ -567,7 +568,8 @@ def train(
     training volumes objects too, so that the prompt must decide;
     ``from_scratch`` starts from the architecture's own initialisation instead of weights
     (how the ``demo`` model is made); ``prompt_probs`` weighs the first slice's prompt kinds,
-    e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``.
+    e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``; ``loss_weights`` overrides some of
+    sam2's term weights, e.g. ``{"dice": 5.0}``.
     """
     from napari_samed2.models.loading import load_model
     from napari_samed2.training.adapters import parse_modules
@@ -577,7 +579,7 @@ def train(
         steps=steps, train=train, clip_length=clip_length, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
         correction_frames=correction_frames, correction_clicks=correction_clicks, prompt_probs=prompt_probs,
-        memory_policy=memory_policy, val_every=val_every, save_every=save_every,
+        loss_weights=loss_weights, memory_policy=memory_policy, val_every=val_every, save_every=save_every,
     )
     config = dataclasses.replace(load_config(config), **{k: v for k, v in given.items() if v is not None})
     parse_modules(config.train)
