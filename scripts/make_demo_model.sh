@@ -20,8 +20,8 @@ COMMON=(--synthetic 300 --synthetic-distractors --train all --grad-clip 1.0 --we
 .venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model demo --from-scratch \
   --clip-length 1 --steps 6000 --lr 8e-4 --prompt-probs box=0.6,click=0.4 \
   --correction-frames 1 --correction-clicks 2 --val-every 0 --save-every 500 --out "$OUT/image"
-.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model "$OUT/image/model.safetensors" \
-  --clip-length 8 --steps 2000 --lr 2e-4 --prompt-probs box=0.6,click=0.2,mask=0.2 \
+.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model "$OUT/image/model.safetensors" --sample-volumes 30 \
+  --clip-length 8 --steps 1500 --lr 2e-4 --prompt-probs box=0.6,click=0.2,mask=0.2 \
   --val-every 250 --save-every 250 --out "$OUT/video"
 mkdir -p src/napari_samed2/models/weights
 .venv/bin/python -c "

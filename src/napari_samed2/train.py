@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on N synthetic volumes instead (validated on held-out synthetic volumes)")
     p.add_argument("--synthetic-distractors", action="store_true",
                    help="with --synthetic: the look-alike blobs are objects too, so the prompt must decide")
+    p.add_argument("--sample-volumes", type=int, default=0, metavar="N",
+                   help="also train on N volumes of the plugin's sample family (seeds 1..N; never seed 0, the one napari opens)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, best.safetensors, resume state")
     p.add_argument("--model", default="sam2.1-tiny", help="registry name or checkpoint file to start from")
     p.add_argument("--architecture", help="the model of a checkpoint whose keys do not say it")

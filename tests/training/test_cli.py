@@ -90,7 +90,7 @@ def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, caps
     code = main([
         "--synthetic", "2", "--model", "demo", "--from-scratch", "--train", "all", "--steps", "2",
         "--clip-length", "2", "--correction-frames", "0", "--prompt-probs", "box=0.5,click=0.25,mask=0.25",
-        "--loss-weights", "dice=20", "--val-every", "2", "--device", "cpu", "--out", str(out),
+        "--loss-weights", "dice=20", "--sample-volumes", "1", "--val-every", "2", "--device", "cpu", "--out", str(out),
     ])
     assert code == 0, capsys.readouterr().err
     model = load_model(out / "best.safetensors", device="cpu")
@@ -99,6 +99,8 @@ def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, caps
         str(out / "model.safetensors"), framework="pt").metadata()["config"])
     assert config["prompt_probs"] == {"box": 0.5, "click": 0.25, "mask": 0.25}
     assert config["loss_weights"] == {"focal": 20.0, "dice": 20.0, "iou": 1.0, "object_score": 1.0}
+    metadata = __import__("safetensors").safe_open(str(out / "model.safetensors"), framework="pt").metadata()
+    assert metadata["data"] == "synthetic volumes 0-1 of stream 0, sample family volumes 1-1"
 
 
 def test_look_alikes_can_be_training_objects_and_the_checkpoint_says_so(tmp_path, capsys):

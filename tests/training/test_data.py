@@ -76,3 +76,14 @@ def test_pairs_from_files_and_from_a_generator(tmp_path):
     assert len(from_generator) == 3 and all(p.objects.keys() == {1} for p in from_generator)
     with pytest.raises(TrainingError, match="labels are missing"):
         load_pairs(image)
+
+
+def test_the_sample_family_never_includes_the_volume_napari_opens():
+    from napari_samed2.io.sample import synthetic_volume
+    from napari_samed2.training.trainer import sample_family_pairs
+
+    pairs = sample_family_pairs(2)
+    opened = synthetic_volume()  # seed 0: what the main command shows
+    assert [p.name for p in pairs] == ["sample family 1", "sample family 2"]
+    assert all(not np.array_equal(np.asarray(p.image), opened.image) for p in pairs)
+    np.testing.assert_array_equal(np.asarray(pairs[1].image), synthetic_volume(seed=2).image)

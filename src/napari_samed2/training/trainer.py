@@ -481,6 +481,19 @@ def synthetic_pairs(count: int, seed: int = 0, *, held_out: bool = False, distra
     ]
 
 
+def sample_family_pairs(count: int) -> list[VolumePair]:
+    """Volumes of the plugin's sample family (:func:`napari_samed2.io.sample.synthetic_volume`)
+    with seeds 1..count. Seed 0, the volume the main command opens, is never among them."""
+    from napari_samed2.io.sample import synthetic_volume
+    from napari_samed2.training.data import make_pair
+
+    pairs = []
+    for seed in range(1, count + 1):
+        volume = synthetic_volume(seed=seed)
+        pairs.append(make_pair(volume.image, volume.labels, spacing=volume.spacing, name=f"sample family {seed}"))
+    return pairs
+
+
 def untrained_model(architecture: str, *, device="auto", dtype="auto", image_size: int | None = None) -> LoadedModel:
     """A registry architecture with the initial weights of sam2's own constructors."""
     from napari_samed2.models.loading import build_model, resolve_device, resolve_dtype
@@ -523,6 +536,7 @@ def train(
     from_scratch: bool = False,
     synthetic: int = 0,
     synthetic_distractors: bool = False,
+    sample_volumes: int = 0,
     val_images=None,
     val_labels=None,
     config: TrainConfig | str | Path | None = None,
@@ -565,7 +579,9 @@ def train(
     ``synthetic=N`` trains on the first N volumes of the synthetic stream of ``seed`` (see
     :mod:`.synthetic`) and, without validation volumes, validates on held-out synthetic ones
     (their labelled objects only); ``synthetic_distractors`` makes the look-alike blobs of the
-    training volumes objects too, so that the prompt must decide;
+    training volumes objects too, so that the prompt must decide; ``sample_volumes=N`` adds N
+    volumes of the plugin's own sample family (seeds 1..N, never seed 0, which the main command
+    opens; see :func:`sample_family_pairs`);
     ``from_scratch`` starts from the architecture's own initialisation instead of weights
     (how the ``demo`` model is made); ``prompt_probs`` weighs the first slice's prompt kinds,
     e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``; ``loss_weights`` overrides some of
@@ -588,10 +604,13 @@ def train(
         raise TrainingError("give training volumes (images and labels) or a number of synthetic volumes, not both")
     if synthetic_distractors and not synthetic:
         raise TrainingError("synthetic_distractors applies to synthetic volumes: give synthetic=N too")
+    if sample_volumes < 0:
+        raise TrainingError(f"sample_volumes must be >= 0, got {sample_volumes}")
     pairs = (
         load_pairs(images, labels, axis=axis) if images is not None
         else synthetic_pairs(synthetic, config.seed, distractors=synthetic_distractors)
     )
+    pairs += sample_family_pairs(sample_volumes)
     if val_images is not None:
         val_pairs = load_pairs(val_images, val_labels, axis=axis)
     else:
@@ -607,6 +626,8 @@ def train(
         data = f"synthetic volumes 0-{synthetic - 1} of stream {config.seed}"
         data += ", look-alike blobs as objects" if synthetic_distractors else ""
     else:
-        data = ", ".join(pair.name for pair in pairs)
+        data = ", ".join(pair.name for pair in pairs[: len(pairs) - sample_volumes])
+    if sample_volumes:
+        data += f", sample family volumes 1-{sample_volumes}"
     trainer = Trainer(loaded, pairs, config, folder, val_pairs=val_pairs, resume=resume, base=base, data=data)
     return trainer.run()
