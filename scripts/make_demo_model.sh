@@ -10,9 +10,8 @@
 #      held-out volumes every 250 steps (1 s a step).
 # The checkpoint with the best validation Dice is exported in bfloat16. About an hour on an
 # otherwise idle 2-core CPU; anything else running on the CPU slows it a lot.
-# Status (docs/training.md): run end to end without --synthetic-distractors it did not give a
-# usable model (validation Dice 0.39); stage 1 with them was measured to read the prompt; the
-# whole recipe as written has not been run yet.
+# Status (docs/training.md, run 3): run end to end it did not give a usable model (validation
+# Dice 0.36; the sample volume's organs are not segmented), so no weights ship yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/demo}"
