@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help=f"modules to train, comma-separated: {', '.join(TRAINABLE)} (default: {','.join(d.train)})")
     p.add_argument("--steps", type=int, help=f"training steps, one clip each (default: {d.steps})")
     p.add_argument("--clip-length", type=int, help=f"consecutive slices per clip (default: {d.clip_length})")
+    p.add_argument("--batch", type=int, help=f"clips per optimiser step, their losses averaged (default: {d.batch})")
     p.add_argument("--lr", type=float, help=f"peak learning rate of AdamW (default: {d.lr})")
     p.add_argument("--weight-decay", type=float, help=f"(default: {d.weight_decay})")
     p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of --steps)")

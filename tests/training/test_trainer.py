@@ -38,6 +38,39 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_clip(fresh_model, tmp_path):
     assert after < 0.8 * before, (before, losses, after)
 
 
+def test_a_batch_step_averages_the_gradients_of_its_clips(fresh_model, tmp_path, monkeypatch):
+    trainer = _trainer(fresh_model, tmp_path, train="decoder", clip_length=1, prompt_probs={"box": 1.0})
+    pair = trainer.sampler.pairs[0]
+    clips = [make_clip(pair, 1, [f], "box", np.random.default_rng(f)) for f in (1, 4)]
+    parameters = trainer.parameters
+    fresh_model.sam.train()
+    expected = [torch.zeros_like(p) for p in parameters]
+    losses = []
+    for clip in clips:  # each clip alone, by hand
+        for p in parameters:
+            p.grad = None
+        total, _ = trainer.loss_on(clip)
+        total.backward()
+        losses.append(float(total))
+        for e, p in zip(expected, parameters):
+            if p.grad is not None:  # e.g. the object pointer's projection on a single slice
+                e += p.grad / len(clips)
+    seen = {}
+    monkeypatch.setattr(trainer.optimizer, "step", lambda: seen.update(grads=[torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in parameters]))
+    loss, _, _ = trainer.train_step(clips)
+    assert loss == pytest.approx(np.mean(losses), rel=1e-5)
+    scale = min(1.0, trainer.config.grad_clip / float(torch.linalg.vector_norm(torch.stack([e.norm() for e in expected]))))
+    assert sum(bool(e.any()) for e in expected) > 10
+    for e, g in zip(expected, seen["grads"]):
+        torch.testing.assert_close(g, e * scale, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_is_a_setting_of_its_own():
+    assert TrainConfig(batch=4).batch == 4
+    with pytest.raises(Exception, match="batch must be at least 1"):
+        TrainConfig(batch=0)
+
+
 def test_frozen_modules_get_no_gradient_and_no_optimizer_state(fresh_model, tmp_path):
     trainer = _trainer(fresh_model, tmp_path, train="decoder")
     clip = make_clip(trainer.sampler.pairs[0], 1, [1, 2, 3], "click", np.random.default_rng(0))

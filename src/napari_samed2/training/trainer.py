@@ -48,6 +48,8 @@ class TrainConfig:
     """Every training setting (saved in the checkpoint's metadata).
 
     ``train``: module names (see :mod:`.adapters`); ``clip_length``: slices per clip;
+    ``batch``: clips per optimiser step, their losses averaged (from scratch on a CPU one clip
+    a step was measured to learn far less per clip than four, see docs/training.md);
     ``lr``: peak learning rate, reached after ``warmup_steps`` (default 5 % of ``steps``),
     then cosine decay to ``lr * min_lr_ratio``; ``grad_clip``: max gradient norm (sam2's 0.1);
     ``correction_frames``: frames per clip (frame 0 first) that get ``correction_clicks``
@@ -58,6 +60,7 @@ class TrainConfig:
     steps: int = 1000
     train: tuple[str, ...] = ("decoder", "memory")
     clip_length: int = 8
+    batch: int = 1
     lr: float = 5e-5
     weight_decay: float = 0.1
     warmup_steps: int | None = None
@@ -78,7 +81,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         train = self.train.split(",") if isinstance(self.train, str) else self.train
         object.__setattr__(self, "train", tuple(t.strip() for t in train if t.strip()))
-        for name in ("steps", "clip_length"):
+        for name in ("steps", "clip_length", "batch"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("val_every", "save_every", "correction_frames", "correction_clicks"):
@@ -352,31 +355,38 @@ class Trainer:
             total = combine(terms, cfg.loss_weights)
         return total, terms
 
-    def train_step(self, clip: Clip) -> tuple[float, dict[str, float], float]:
+    def train_step(self, clips: Clip | list[Clip]) -> tuple[float, dict[str, float], float]:
+        """One optimiser step on ``clips`` (a batch): their losses are averaged, each clip's
+        backward pass runs before the next clip's forward, so memory holds one clip's graph."""
+        clips = [clips] if isinstance(clips, Clip) else list(clips)
         self.model.sam.train()
         lr = self.config.lr_at(self.step + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, terms = self.loss_on(clip)
-        if not total.requires_grad:
-            raise TrainingError(
-                f"step {self.step + 1}: no trained module ({', '.join(self.config.train)}) affects this clip's "
-                "loss; train modules the clip passes through (e.g. add 'decoder'), or use longer clips"
-            )
-        if not torch.isfinite(total):
-            raise TrainingError(
-                f"the loss is not finite at step {self.step + 1} ({float(total)}): lower the learning rate "
-                "(--lr) or check the images for NaN values"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        totals, per_clip = [], []
+        for clip in clips:
+            total, terms = self.loss_on(clip)
+            if not total.requires_grad:
+                raise TrainingError(
+                    f"step {self.step + 1}: no trained module ({', '.join(self.config.train)}) affects this clip's "
+                    "loss; train modules the clip passes through (e.g. add 'decoder'), or use longer clips"
+                )
+            if not torch.isfinite(total):
+                raise TrainingError(
+                    f"the loss is not finite at step {self.step + 1} ({float(total)}): lower the learning rate "
+                    "(--lr) or check the images for NaN values"
+                )
+            (total / len(clips)).backward()
+            totals.append(float(total.detach()))
+            per_clip.append({k: float(v.detach()) for k, v in terms.items()})
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
         self.optimizer.step()
         self._flush_subnormal_moments()
         self.step += 1
         self._snapshot()
-        return float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}, lr
+        return float(np.mean(totals)), {k: float(np.mean([t[k] for t in per_clip])) for k in per_clip[0]}, lr
 
     def _flush_subnormal_moments(self) -> None:
         """Set Adam's moments below float32's normal range to zero. A parameter whose gradient
@@ -442,7 +452,7 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < cfg.steps:
-                loss, terms, lr = self.train_step(self.sampler.sample())
+                loss, terms, lr = self.train_step([self.sampler.sample() for _ in range(cfg.batch)])
                 val = saved = None
                 if self.val_pairs and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
                     val = validation_dice(self.model, self.val_pairs, cfg.seed, cfg.memory_policy)
@@ -543,6 +553,7 @@ def train(
     train: str | None = None,
     steps: int | None = None,
     clip_length: int | None = None,
+    batch: int | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
     warmup_steps: int | None = None,
@@ -592,7 +603,7 @@ def train(
     from napari_samed2.training.data import load_pairs
 
     given = dict(
-        steps=steps, train=train, clip_length=clip_length, lr=lr, weight_decay=weight_decay,
+        steps=steps, train=train, clip_length=clip_length, batch=batch, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
         correction_frames=correction_frames, correction_clicks=correction_clicks, prompt_probs=prompt_probs,
         loss_weights=loss_weights, memory_policy=memory_policy, val_every=val_every, save_every=save_every,
