@@ -253,12 +253,13 @@ class Session:
         self._check_frame(start)
         if direction not in ("forward", "backward", "both"):
             raise ValueError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
+        objects = {i: self.memories[i] for i in ids}
         run = _Run(f"propagate {direction} from slice {start}")
         with self._running():
             if direction in ("forward", "both"):
-                yield from self._run(ids, range(start, last + 1), reverse=False, run=run)
+                yield from self._run(objects, range(start, last + 1), reverse=False, run=run)
             if direction in ("backward", "both") and start > 0:
-                yield from self._run(ids, range(start, first - 1, -1), reverse=True, run=run)
+                yield from self._run(objects, range(start, first - 1, -1), reverse=True, run=run)
 
     def repropagate(self) -> Iterator[FrameResult]:
         """Recompute exactly the stale frames (those derived from a changed frame), each run
@@ -266,9 +267,12 @@ class Session:
         run = _Run("re-propagate stale slices")
         with self._running():
             for object_id in self.object_ids:
+                memory = self.memories.get(object_id)
+                if memory is None:  # removed while an earlier object ran
+                    continue
                 for first, last, reverse in self._stale_runs(object_id):
                     step = -1 if reverse else 1
-                    yield from self._run([object_id], range(first, last + step, step), reverse=reverse, run=run)
+                    yield from self._run({object_id: memory}, range(first, last + step, step), reverse=reverse, run=run)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -311,15 +315,24 @@ class Session:
             raise PromptError("no object has a prompt yet: click on the object in a slice first")
         return prompted
 
-    def _run(self, object_ids: list[int], order: range, reverse: bool, run: _Run) -> Iterator[FrameResult]:
-        """Track frames in ``order``. Each frame is recorded as a step of ``run``; the steps of
-        one run merge into one undo step, however far the run gets."""
+    def _run(
+        self, objects: dict[int, ObjectMemory], order: range, reverse: bool, run: _Run
+    ) -> Iterator[FrameResult]:
+        """Track ``objects`` over ``order``. Each frame is recorded as a step of ``run``; the
+        steps of one run merge into one undo step, however far the run gets.
+
+        Objects removed between two frames (by the GUI, while this runs in a worker) leave the
+        run at the next frame; objects added, or removed and added again under the same id,
+        are not part of it. Such a change is an undo step of its own, between the run's steps
+        before and after it."""
         with self.lock, self._step(run.description, run=run):
-            self._commit_pending(object_ids)
+            self._commit_pending([i for i, memory in objects.items() if self.memories.get(i) is memory])
         for frame in order:
             with self.lock, self.model.inference(), self._step(run.description, run=run) as record:
-                for object_id in object_ids:
-                    memory = self.memories[object_id]
+                objects = {i: memory for i, memory in objects.items() if self.memories.get(i) is memory}
+                if not objects:
+                    return
+                for object_id, memory in objects.items():
                     entry = memory.entries.get(frame)
                     record.tracked(object_id, frame)
                     record.stale(object_id)
