@@ -40,12 +40,13 @@ from napari_samed2.engine.memory import (
     MemoryView,
     ObjectMemory,
     make_policy,
+    object_id_number,
 )
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
 from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
-from napari_samed2.engine.volume import Volume, as_volume
-from napari_samed2.errors import HistoryError, PromptError, VolumeError
+from napari_samed2.engine.volume import Volume, as_volume, frame_number
+from napari_samed2.errors import HistoryError, ObjectError, PromptError, SessionError, VolumeError
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 
@@ -85,6 +86,13 @@ class Session:
         undo_bytes: int = DEFAULT_MAX_BYTES,
         **volume_options,
     ):
+        for name, value in (
+            ("library_k (library memories per frame)", library_k),
+            ("undo_steps (steps kept for undo)", undo_steps),
+            ("undo_bytes (memory kept for undo)", undo_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise SessionError(f"{name} must be a whole number >= 0, got {value!r}")
         self.model = model
         self.volume: Volume = as_volume(volume, axis, **volume_options)
         self.policy = make_policy(policy)
@@ -114,10 +122,9 @@ class Session:
         """A new object (ids are stable positive integers: its value in the Labels layer)."""
         if object_id is None:
             object_id = next(i for i in itertools.count(1) if i not in self.memories)
-        if object_id < 1:
-            raise ValueError(f"object ids are positive integers (label values), got {object_id}")
+        object_id = object_id_number(object_id)
         if object_id in self.memories:
-            raise ValueError(f"object {object_id} exists already")
+            raise ObjectError(f"object {object_id} exists already; add_object() without an id picks a free one")
         with self._step(f"add object {object_id}") as record:
             record.object(object_id)
             self.memories[object_id] = ObjectMemory(object_id)
@@ -126,17 +133,18 @@ class Session:
         return object_id
 
     def remove_object(self, object_id: int) -> None:
-        self._memory(object_id)
+        object_id = self._memory(object_id).object_id
         with self._step(f"remove object {object_id}") as record:
             record.object(object_id)
             for table in (self.memories, self.prompts, self.stale):
                 del table[object_id]
 
     def _memory(self, object_id: int) -> ObjectMemory:
+        object_id = object_id_number(object_id)
         try:
             return self.memories[object_id]
         except KeyError:
-            raise KeyError(f"no object {object_id}; objects are {self.object_ids}") from None
+            raise ObjectError(f"no object {object_id}; objects are {self.object_ids} (add_object() makes one)") from None
 
     # prompts -----------------------------------------------------------------------------
     def segment_frame(self, frame: int, object_id: int, prompt: FramePrompt) -> FrameResult:
@@ -147,8 +155,10 @@ class Session:
         are used as context (sam2's correction clicks), and the frames that derived from it
         become stale until :meth:`repropagate`.
         """
-        self._memory(object_id)
-        self._check_frame(frame)
+        object_id = self._memory(object_id).object_id
+        frame = self._check_frame(frame)
+        if not isinstance(prompt, FramePrompt):
+            raise PromptError(f"prompt must be a FramePrompt, e.g. FramePrompt.clicks([[row, col]]); got {prompt!r}")
         prompt.validate(self.volume.frame_shape)
         kind = "mask" if prompt.mask is not None else "box" if prompt.box is not None else "clicks"
         with self._step(f"{kind} of object {object_id} on slice {frame}"):
@@ -189,6 +199,7 @@ class Session:
         """Remove the object's prompt on ``frame``. A frame that was propagated keeps its
         mask but becomes an ordinary tracked frame, stale with what derived from it; the
         last prompt of an object cannot be removed (remove the object instead)."""
+        frame = frame_number(frame)
         with self.lock:
             memory = self._memory(object_id)
             prompts = self.prompts[object_id]
@@ -239,20 +250,24 @@ class Session:
         backward, from the same start. Stop iterating at any time: frames already yielded
         keep their results.
         """
-        ids = self._prompted(object_ids)
-        first, last = limits if limits is not None else (0, len(self.volume) - 1)
-        self._check_frame(first)
-        self._check_frame(last)
+        if direction not in ("forward", "backward", "both"):
+            raise SessionError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
+        if limits is None:
+            limits = (0, len(self.volume) - 1)
+        if isinstance(limits, str) or not hasattr(limits, "__len__") or len(limits) != 2:
+            raise SessionError(f"limits must be two frames (first, last), got {limits!r}")
+        first, last = (self._check_frame(f) for f in limits)
         if first > last:
-            raise ValueError(f"limits must be (first, last) with first <= last, got {limits}")
+            raise SessionError(f"limits must be (first, last) with first <= last, got {limits}")
+        if start is not None and not first <= self._check_frame(start) <= last:
+            raise SessionError(f"start frame {start} lies outside limits {tuple(limits)}; start within them")
+        ids = self._prompted(object_ids)
         if start is None:
             starts = [f for i in ids for f in self.prompts[i] if first <= f <= last]
             if not starts:
                 raise PromptError(f"no prompt between frames {first} and {last}: add a click there first")
             start = min(starts)
-        self._check_frame(start)
-        if direction not in ("forward", "backward", "both"):
-            raise ValueError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
+        start = int(start)
         objects = {i: self.memories[i] for i in ids}
         run = _Run(f"propagate {direction} from slice {start}")
         with self._running():
@@ -307,9 +322,9 @@ class Session:
         return runs
 
     def _prompted(self, object_ids: Iterable[int] | None) -> list[int]:
-        ids = self.object_ids if object_ids is None else sorted(object_ids)
-        for i in ids:
-            self._memory(i)
+        if isinstance(object_ids, str) or not (object_ids is None or isinstance(object_ids, Iterable)):
+            raise ObjectError(f"object_ids must be a list of object ids, e.g. [1, 2]; got {object_ids!r}")
+        ids = self.object_ids if object_ids is None else sorted({self._memory(i).object_id for i in object_ids})
         prompted = [i for i in ids if self.prompts[i]]
         if not prompted:
             raise PromptError("no object has a prompt yet: click on the object in a slice first")
@@ -549,6 +564,7 @@ class Session:
         self._set_status(object_id, frame, EntryStatus.AUTO)
 
     def _set_status(self, object_id: int, frame: int, status: EntryStatus) -> None:
+        object_id, frame = self._memory(object_id).object_id, frame_number(frame)  # before the step names them
         verb = {EntryStatus.PINNED: "pin", EntryStatus.EVICTED: "evict", EntryStatus.AUTO: "restore"}[status]
         where = f"library #{-1 - frame}" if frame < 0 else f"slice {frame}"
         with self.lock, self._step(f"{verb} {where} of object {object_id}"):
@@ -608,6 +624,7 @@ class Session:
 
     def memory_view(self, object_id: int, frame: int, reverse: bool = False) -> MemoryView:
         """What the policy would let ``frame`` attend to now (for the inspector and tests)."""
+        frame = self._check_frame(frame)
         with self.model.inference():
             descriptor = self._features(frame).descriptor
         return self.policy.view(self._memory(object_id), frame, reverse, self.model.sam, descriptor)
@@ -806,6 +823,5 @@ class Session:
                 out[frame] = result.labels(self.volume.frame_shape)
         return out
 
-    def _check_frame(self, frame: int) -> None:
-        if not 0 <= frame < len(self.volume):
-            raise IndexError(f"frame {frame} is outside the volume's {len(self.volume)} frames")
+    def _check_frame(self, frame: int) -> int:
+        return self.volume.check_frame(frame)
