@@ -48,6 +48,11 @@ class ObjectError(SamEd2Error, KeyError, ValueError):
     __str__ = Exception.__str__  # the message, not KeyError's repr of it
 
 
+class SavedStateError(SamEd2Error, ValueError):
+    """A saved session or memory library that cannot be loaded: a file missing, truncated or
+    edited, the two files not from the same save, or saved for another model."""
+
+
 class VolumeError(SamEd2Error, ValueError):
     """An array that cannot be segmented as given (dimensions, axis, intensities)."""
 

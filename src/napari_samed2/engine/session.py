@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -44,14 +43,16 @@ from napari_samed2.engine.memory import (
 )
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
+from napari_samed2.engine.saved import consistent, read_pair, write_pair
 from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
 from napari_samed2.engine.volume import Volume, as_volume, frame_number
-from napari_samed2.errors import HistoryError, ObjectError, PromptError, SessionError, VolumeError
+from napari_samed2.errors import HistoryError, ObjectError, PromptError, SavedStateError, SessionError, VolumeError
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 
 Direction = Literal["forward", "backward", "both"]
 _LOGIT_CLAMP = 32.0  # sam2 clamps previous logits fed back with new clicks
+_SAVED_FIELDS = ("model", "volume_shape", "frame_keys", "policy", "policy_options", "objects")
 
 
 class _Run:
@@ -657,11 +658,8 @@ class Session:
         """Write prompts, memory entries (with their status) and tracking state to ``folder``
         (``session.json`` + ``tensors.safetensors``) so work can resume later on the same
         volume and model. Prompt results still pending are written with their memory encoded,
-        as a propagation would store them; the session itself is not changed."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        as a propagation would store them; the session itself is not changed. A save that
+        fails leaves an earlier save in ``folder`` as it was."""
         tensors: dict[str, torch.Tensor] = {}
         objects = {}
         pos_enc = [self._maskmem_pos_enc]
@@ -694,7 +692,6 @@ class Session:
             }
         if pos_enc[0] is not None:
             tensors["maskmem_pos_enc"] = pos_enc[0][-1].contiguous().cpu()
-        save_file(tensors, str(folder / "tensors.safetensors"))
         state = {
             "model": self.model.signature,
             "volume_shape": list(self.volume.shape),
@@ -703,17 +700,13 @@ class Session:
             "policy_options": {k: v for k, v in vars(self.policy).items() if k != "name"},
             "objects": objects,
         }
-        (folder / "session.json").write_text(json.dumps(state))
-        return folder
+        return write_pair(folder, "session.json", state, "tensors.safetensors", tensors)
 
     @classmethod
     def load(cls, folder: str | Path, model: LoadedModel, volume, **options) -> Session:
         """A session saved with :meth:`save`, on the same volume (checked frame by frame)."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        state = json.loads((folder / "session.json").read_text())
-        tensors = load_file(str(folder / "tensors.safetensors"))
+        state, tensors = read_pair(folder, "session.json", "tensors.safetensors", "session", _SAVED_FIELDS)
         session = cls(model, volume, **options)
         keys = [session.volume.frame_key(f) for f in range(len(session.volume))]
         if keys != state["frame_keys"]:
@@ -722,38 +715,40 @@ class Session:
                 "open the image it was made on"
             )
         if state["model"] != model.signature:
-            raise ValueError(f"{folder} was saved with another model or settings; load that model first")
-        if "maskmem_pos_enc" in tensors:
-            session._maskmem_pos_enc = [tensors["maskmem_pos_enc"].to(model.device)]
-        for key, saved in state["objects"].items():
-            object_id = session.add_object(int(key))
-            memory = session.memories[object_id]
-            for row in saved["entries"]:
-                prefix = f"{object_id}.{row['frame']}"
-                memory.entries[row["frame"]] = MemoryEntry(
-                    object_id=object_id, frame=row["frame"], conditioning=row["conditioning"],
-                    reverse=row["reverse"], predicted_iou=row["predicted_iou"], object_score=row["object_score"],
-                    status=EntryStatus(row["status"]),
-                    descriptor=tensors.get(f"{prefix}.descriptor"),  # fingerprints live on the CPU
-                    **{
-                        name: tensors[f"{prefix}.{name}"].to(model.device) if f"{prefix}.{name}" in tensors else None
-                        for name in ("maskmem_features", "low_res_logits", "obj_ptr")
-                    },
-                )
-            for frame, prompt in saved["prompts"].items():
-                mask = tensors.get(f"{object_id}.{frame}.prompt_mask")
-                session.prompts[object_id][int(frame)] = FramePrompt(
-                    prompt["points"], prompt["labels"], box=tuple(prompt["box"]) if prompt["box"] else None,
-                    mask=None if mask is None else mask.numpy(),
-                )
-            memory.tracked = {int(f): r for f, r in saved["tracked"].items()}
-            session.stale[object_id] = set(saved["stale"])
-            for index, status in saved["library_status"].items():
-                if session.library is not None and int(index) < len(session.library):
-                    row = session._library_row(object_id, int(index), session.library.entries[int(index)])
-                    row.status = EntryStatus(status)
-                    memory.library[int(index)] = row
-        session.policy = make_policy(state["policy"], **state["policy_options"])
+            raise SavedStateError(f"{folder} was saved with another model or settings; load that model first")
+        with consistent(folder, "session"):
+            if "maskmem_pos_enc" in tensors:
+                session._maskmem_pos_enc = [tensors["maskmem_pos_enc"].to(model.device)]
+            for key, saved in state["objects"].items():
+                object_id = session.add_object(int(key))
+                memory = session.memories[object_id]
+                for row in saved["entries"]:
+                    prefix = f"{object_id}.{row['frame']}"
+                    memory.entries[row["frame"]] = MemoryEntry(
+                        object_id=object_id, frame=row["frame"], conditioning=row["conditioning"],
+                        reverse=row["reverse"], predicted_iou=row["predicted_iou"], object_score=row["object_score"],
+                        status=EntryStatus(row["status"]),
+                        descriptor=tensors.get(f"{prefix}.descriptor"),  # fingerprints live on the CPU
+                        low_res_logits=tensors[f"{prefix}.low_res_logits"].to(model.device),  # every entry has a mask
+                        **{
+                            name: tensors[f"{prefix}.{name}"].to(model.device) if f"{prefix}.{name}" in tensors else None
+                            for name in ("maskmem_features", "obj_ptr")  # dropped by a bounded bank
+                        },
+                    )
+                for frame, prompt in saved["prompts"].items():
+                    mask = tensors.get(f"{object_id}.{frame}.prompt_mask")
+                    session.prompts[object_id][int(frame)] = FramePrompt(
+                        prompt["points"], prompt["labels"], box=tuple(prompt["box"]) if prompt["box"] else None,
+                        mask=None if mask is None else mask.numpy(),
+                    )
+                memory.tracked = {int(f): r for f, r in saved["tracked"].items()}
+                session.stale[object_id] = set(saved["stale"])
+                for index, status in saved["library_status"].items():
+                    if session.library is not None and int(index) < len(session.library):
+                        row = session._library_row(object_id, int(index), session.library.entries[int(index)])
+                        row.status = EntryStatus(status)
+                        memory.library[int(index)] = row
+            session.policy = make_policy(state["policy"], **state["policy_options"])
         session.history.clear()  # a loaded session starts with nothing to undo
         return session
 
