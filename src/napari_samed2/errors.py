@@ -31,6 +31,28 @@ class PromptError(SamEd2Error, ValueError):
     """A prompt that cannot be used: empty, outside the image, wrong shape."""
 
 
+class SessionError(SamEd2Error, ValueError):
+    """A Session call that cannot be done as asked: an unknown direction, limits that are not
+    (first, last) frames, a negative library_k."""
+
+
+class FrameError(SamEd2Error, IndexError):
+    """A frame (slice) index that is not a whole number or lies outside the volume."""
+
+
+class ObjectError(SamEd2Error, KeyError, ValueError):
+    """An object id that is not a positive integer, is not in the session, or is taken.
+
+    A KeyError for a missing object and a ValueError for a malformed one, as before."""
+
+    __str__ = Exception.__str__  # the message, not KeyError's repr of it
+
+
+class SavedStateError(SamEd2Error, ValueError):
+    """A saved session or memory library that cannot be loaded: a file missing, truncated or
+    edited, the two files not from the same save, or saved for another model."""
+
+
 class VolumeError(SamEd2Error, ValueError):
     """An array that cannot be segmented as given (dimensions, axis, intensities)."""
 

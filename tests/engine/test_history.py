@@ -272,6 +272,63 @@ def test_a_click_during_a_propagation_is_its_own_step(tiny_model, volume, cache)
     assert session.object_ids == [obj] and sorted(session.memories[obj].tracked) == [0]
 
 
+OBJECT_CHANGES_MID_RUN = {
+    # what the user does between two frames of a run: (the change, its undo steps)
+    "remove one": (lambda s: s.remove_object(1), 1),
+    "remove both": (lambda s: (s.remove_object(1), s.remove_object(2)), 2),
+    "remove and add again": (lambda s: (s.remove_object(1), s.segment_frame(4, s.add_object(1), click(30, 34))), 3),
+    "add another": (lambda s: s.segment_frame(4, s.add_object(3), click(15, 65)), 2),
+}
+
+
+@pytest.mark.parametrize("kind", list(OBJECT_CHANGES_MID_RUN))
+def test_objects_removed_or_added_during_a_propagation_undo_and_redo_step_by_step(kind, tiny_model, volume, cache):
+    """The run leaves a removed object at the next frame and never takes up an added one; the
+    change is its own undo step between the run's frames before and after it, and undoing it
+    gives the removed object back with the frames the run had tracked for it."""
+    change, change_steps = OBJECT_CHANGES_MID_RUN[kind]
+    session = Session(tiny_model, volume, cache=cache)
+    session.segment_frame(2, session.add_object(1), click(30, 28))
+    session.segment_frame(2, session.add_object(2), FramePrompt(box=(5.0, 55.0, 20.0, 78.0)))
+    states = [fingerprint(session)]
+    frames = session.propagate("both")
+    next(frames)
+    next(frames)
+    states.append(fingerprint(session))
+    change(session)
+    states.append(fingerprint(session))
+    list(frames)
+    states.append(fingerprint(session))
+    went_on = any(o in session.object_ids and session.memories[o].tracked for o in (1, 2))
+    assert went_on == (kind != "remove both")  # the run ends when none of its objects is left
+    if kind != "add another":  # object 1 is gone, or new and never tracked
+        assert 1 not in session.object_ids or not session.memories[1].tracked
+    else:
+        assert not session.memories[3].tracked and sorted(session.memories[1].tracked) == list(range(FRAMES))
+    descriptions = [s.description for s in session.history.undo_steps[4:]]  # after the two objects' prompts
+    assert len(descriptions) == 1 + change_steps + went_on
+    assert descriptions[0] == "propagate both from slice 2"
+    assert (descriptions[-1] == "propagate both from slice 2") == went_on
+
+    if went_on:
+        session.undo()  # the run's frames after the change
+    assert fingerprint(session) == states[2]
+    for _ in range(change_steps):
+        session.undo()
+    assert fingerprint(session) == states[1]
+    assert sorted(session.memories[1].tracked) == [2, 3]  # a removed object is back with its frames
+    session.undo()  # the run's first frames
+    assert fingerprint(session) == states[0]
+    session.redo()
+    assert fingerprint(session) == states[1]
+    for _ in range(change_steps):
+        session.redo()
+    assert fingerprint(session) == states[2]
+    if went_on:
+        session.redo()
+    assert fingerprint(session) == states[3] and session.redo() is None
+
+
 def _retained_bytes(session: Session) -> int:
     """Measured independently of the history's own estimate: bytes of tensor storages that
     the history holds and the session does not."""

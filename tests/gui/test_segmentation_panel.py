@@ -61,6 +61,63 @@ def test_start_creates_aligned_layers_and_object_one(panel):
     assert panel.state.session is panel.session
 
 
+# the NIfTI header fields that place voxels: what ITK-SNAP, FSL or nibabel read the geometry from
+NIFTI_GEOMETRY_FIELDS = (
+    "sform_code", "qform_code", "pixdim", "quatern_b", "quatern_c", "quatern_d",
+    "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "dim",
+)
+
+
+def test_labels_of_a_nifti_image_are_saved_with_its_header_geometry(make_napari_viewer, tiny_model, tmp_path):
+    """The output layer of an image read from NIfTI, saved with the plugin's writer (napari's
+    Save Layer), has the image's header geometry exactly: affine, qform and sform with their
+    codes, pixdim with qfac, origin. Before, it was saved from scale and translate alone: the
+    same world positions, but another header (RAS+ voxel order, other spacing signs, origin and
+    codes, the tilt of an oblique scan lost)."""
+    import nibabel as nib
+    from scipy.spatial.transform import Rotation
+
+    from napari_samed2.io import read_image
+
+    tilt = Rotation.from_euler("xyz", [14, -7, 9], degrees=True).as_matrix()
+    qform = np.eye(4)  # left-handed (qfac -1): x runs towards the patient's right, as radiological files do
+    qform[:3, :3] = tilt @ np.diag([-0.8, 0.9, 2.5])
+    qform[:3, 3] = (95.5, -120.25, -40.0)
+    sform = qform.copy()  # a registered sform beside the scanner qform, with a slight shear
+    sform[:3, 3] += (1.5, -2.0, 0.5)
+    sform[0, 1] += 0.05
+    source = nib.Nifti1Image(_volume().transpose(2, 1, 0).copy(), sform)
+    source.header.set_qform(qform, code=1)
+    source.header.set_sform(sform, code=2)
+    nib.save(source, tmp_path / "t1.nii.gz")
+    source = nib.load(tmp_path / "t1.nii.gz")
+
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_image(tmp_path / "t1.nii.gz")
+    assert kind == "image"
+    viewer.add_image(data, **kwargs)
+    shared_state(viewer).set_model(tiny_model)
+    panel = SegmentationPanel(viewer)
+    assert panel.start()
+    labels = panel.output_layer
+    labels.data[2, 10:20, 15:30] = 1
+    labels.data[5, 30:40, 20:26] = 2
+    labels.save(str(tmp_path / "t1_seg.nii.gz"), plugin="napari-samed2")
+
+    written = nib.load(tmp_path / "t1_seg.nii.gz")
+    for name in NIFTI_GEOMETRY_FIELDS:
+        np.testing.assert_array_equal(written.header[name], source.header[name], err_msg=name)
+    np.testing.assert_array_equal(written.affine, source.affine)
+    for coded in ("get_qform", "get_sform"):
+        (mine, my_code), (theirs, their_code) = getattr(written, coded)(coded=True), getattr(source, coded)(coded=True)
+        np.testing.assert_array_equal(mine, theirs, err_msg=coded)
+        assert my_code == their_code
+    (back, back_kwargs, back_kind), = read_image(tmp_path / "t1_seg.nii.gz")
+    assert back_kind == "labels"
+    np.testing.assert_array_equal(back, labels.data)  # each label on the voxel it was drawn on
+    assert back_kwargs["scale"] == kwargs["scale"] and back_kwargs["translate"] == kwargs["translate"]
+
+
 def test_live_click_segments_only_that_slice_at_the_clicked_pixel(panel, qtbot):
     message = _run(panel, qtbot, _click, panel, 3, 33, 32)
     assert "1 slices updated" in message

@@ -80,3 +80,22 @@ def test_napari_tiff_writer_records_the_layer_voxel_size(tmp_path):
     shown, kwargs, _ = read_image(written)[0]
     np.testing.assert_array_equal(shown, LABELS)
     assert kwargs["scale"] == pytest.approx((3.0, 0.5, 0.25)) and kwargs["metadata"]["unit"] == "mm"
+
+
+def test_labels_metadata_carries_the_image_grid_only_for_labels_of_its_shape(tmp_path):
+    from napari_samed2.io import labels_metadata
+
+    affine = np.diag([-0.8, -0.8, 2.0, 1.0])
+    affine[:3, 3] = (40.0, -12.0, 7.5)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(10, 8, 3)).astype(np.float32), affine),
+             tmp_path / "t1.nii.gz")
+    image, kwargs, _ = read_image(tmp_path / "t1.nii.gz")[0]
+    metadata = labels_metadata(kwargs["metadata"], image.shape)
+    assert set(metadata) == {"nifti", "unit"}  # not "source": the labels were not read from that file
+    assert metadata["nifti"] == kwargs["metadata"]["nifti"] and metadata["nifti"] is not kwargs["metadata"]["nifti"]
+    assert image.shape == LABELS.shape
+    written = nib.load(write_labels(tmp_path / "seg.nii.gz", LABELS, metadata=metadata))
+    np.testing.assert_array_equal(written.affine, nib.load(tmp_path / "t1.nii.gz").affine)  # the image's grid
+    np.testing.assert_array_equal(np.asarray(written.dataobj), LABELS.transpose(2, 1, 0))  # and voxel order
+    assert labels_metadata(kwargs["metadata"], image.shape[1:]) == {"unit": "mm"}  # another shape: no grid
+    assert labels_metadata(None, image.shape) == {} and labels_metadata({"source": "a.tif"}, (2, 2)) == {}

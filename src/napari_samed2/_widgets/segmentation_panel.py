@@ -50,6 +50,7 @@ from napari_samed2.engine import FramePrompt, FrameResult, Session, Volume
 from napari_samed2.engine.labels import LabelVolume
 from napari_samed2.engine.prompts import POSITIVE
 from napari_samed2.errors import HistoryError, SamEd2Error
+from napari_samed2.io.writers import labels_metadata
 
 if TYPE_CHECKING:
     import napari
@@ -357,8 +358,9 @@ class SegmentationPanel(QWidget):
         spatial_shape = volume.spatial_shape
         where = {"scale": image.scale[: len(spatial_shape)], "translate": image.translate[: len(spatial_shape)]}
         self._muted = True
-        self.output_layer = self.viewer.add_labels(
-            np.zeros(spatial_shape, np.uint16), name=f"{image.name} SAM labels", **where
+        self.output_layer = self.viewer.add_labels(  # saved on the image's grid, NIfTI header included
+            np.zeros(spatial_shape, np.uint16), name=f"{image.name} SAM labels",
+            metadata=labels_metadata(image.metadata, spatial_shape), **where,
         )
         shapes = self.viewer.add_shapes(
             ndim=len(spatial_shape), name=f"{image.name} SAM boxes", face_color="transparent",

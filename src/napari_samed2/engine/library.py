@@ -14,7 +14,6 @@ On disk a library is a folder: ``entries.safetensors`` (tensors) and ``index.jso
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_samed2.engine.memory import cosine, image_descriptor
+from napari_samed2.engine.saved import consistent, read_pair, write_pair
 from napari_samed2.errors import CheckpointError
 from napari_samed2.models.checkpoint import explain_refusal
 
@@ -115,37 +115,29 @@ class MemoryLibrary:
 
     # persistence --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write the library to ``folder``; a save that fails leaves an earlier one as it was."""
         tensors = {}
         for i, entry in enumerate(self.entries):
             tensors[f"{i}.maskmem"] = entry.maskmem_features.contiguous().cpu()
             tensors[f"{i}.descriptor"] = entry.descriptor.contiguous().cpu()
-        save_file(tensors, str(folder / "entries.safetensors"))
         index = {
             "capacity": self.capacity,
             "entries": [asdict(_IndexRow(e.predicted_iou, e.label, e.case)) for e in self.entries],
         }
-        (folder / "index.json").write_text(json.dumps(index, indent=1))
-        return folder
+        return write_pair(folder, "index.json", index, "entries.safetensors", tensors)
 
     @classmethod
     def load(cls, folder: str | Path) -> MemoryLibrary:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        try:
-            index = json.loads((folder / "index.json").read_text())
-            tensors = load_file(str(folder / "entries.safetensors"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{folder} is not a memory library folder ({exc})") from exc
-        library = cls(index["capacity"])
-        for i, row in enumerate(index["entries"]):
-            library.entries.append(
-                LibraryEntry(tensors[f"{i}.maskmem"], tensors[f"{i}.descriptor"], **row)
-            )
+        index, tensors = read_pair(folder, "index.json", "entries.safetensors", "memory library", ("capacity", "entries"))
+        with consistent(folder, "memory library"):
+            library = cls(index["capacity"])
+            rows = index["entries"]
+            if len(rows) > library.capacity or len(tensors) != 2 * len(rows):
+                raise ValueError(f"{len(rows)} entries listed, {len(tensors)} tensors stored, capacity {library.capacity}")
+            for i, row in enumerate(rows):
+                library.entries.append(
+                    LibraryEntry(tensors[f"{i}.maskmem"], tensors[f"{i}.descriptor"], **row)
+                )
         return library
 
     @classmethod

@@ -15,12 +15,15 @@ conditioning memory, the way DAM4SAM promotes trusted frames), an *evicted* one 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from napari_samed2.errors import ObjectError, SessionError
 
 
 class EntryStatus(str, Enum):
@@ -102,6 +105,16 @@ class MemoryEntry:
             "maskmem_pos_enc": maskmem_pos_enc,
             "obj_ptr": self.obj_ptr,
         }
+
+
+def object_id_number(object_id) -> int:
+    """An object id as an int: a positive whole number, the object's value in a label volume."""
+    if isinstance(object_id, bool) or not isinstance(object_id, numbers.Integral) or object_id < 1:
+        raise ObjectError(
+            f"object ids are positive whole numbers (their label value), got {object_id!r}; "
+            "use the id add_object() returned"
+        )
+    return int(object_id)
 
 
 @dataclass
@@ -265,10 +278,12 @@ POLICIES: dict[str, type] = {"stock": StockPolicy, "confidence": ConfidencePolic
 
 def make_policy(policy: str | MemoryPolicy, **options) -> MemoryPolicy:
     if not isinstance(policy, str):
+        if not callable(getattr(policy, "view", None)):
+            raise SessionError(f"policy must be one of {sorted(POLICIES)} or a memory policy object, got {policy!r}")
         return policy
     try:
         return POLICIES[policy](**options)
     except KeyError:
-        raise ValueError(f"unknown memory policy {policy!r}; choose one of {sorted(POLICIES)}") from None
+        raise SessionError(f"unknown memory policy {policy!r}; choose one of {sorted(POLICIES)}") from None
     except TypeError as exc:
-        raise ValueError(f"policy {policy!r} does not take {sorted(options)}: {exc}") from None
+        raise SessionError(f"policy {policy!r} does not take {sorted(options)}: {exc}") from None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -40,17 +39,20 @@ from napari_samed2.engine.memory import (
     MemoryView,
     ObjectMemory,
     make_policy,
+    object_id_number,
 )
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
+from napari_samed2.engine.saved import consistent, read_pair, write_pair
 from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
-from napari_samed2.engine.volume import Volume, as_volume
-from napari_samed2.errors import HistoryError, PromptError, VolumeError
+from napari_samed2.engine.volume import Volume, as_volume, frame_number
+from napari_samed2.errors import HistoryError, ObjectError, PromptError, SavedStateError, SessionError, VolumeError
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 
 Direction = Literal["forward", "backward", "both"]
 _LOGIT_CLAMP = 32.0  # sam2 clamps previous logits fed back with new clicks
+_SAVED_FIELDS = ("model", "volume_shape", "frame_keys", "policy", "policy_options", "objects")
 
 
 class _Run:
@@ -85,6 +87,13 @@ class Session:
         undo_bytes: int = DEFAULT_MAX_BYTES,
         **volume_options,
     ):
+        for name, value in (
+            ("library_k (library memories per frame)", library_k),
+            ("undo_steps (steps kept for undo)", undo_steps),
+            ("undo_bytes (memory kept for undo)", undo_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise SessionError(f"{name} must be a whole number >= 0, got {value!r}")
         self.model = model
         self.volume: Volume = as_volume(volume, axis, **volume_options)
         self.policy = make_policy(policy)
@@ -114,10 +123,9 @@ class Session:
         """A new object (ids are stable positive integers: its value in the Labels layer)."""
         if object_id is None:
             object_id = next(i for i in itertools.count(1) if i not in self.memories)
-        if object_id < 1:
-            raise ValueError(f"object ids are positive integers (label values), got {object_id}")
+        object_id = object_id_number(object_id)
         if object_id in self.memories:
-            raise ValueError(f"object {object_id} exists already")
+            raise ObjectError(f"object {object_id} exists already; add_object() without an id picks a free one")
         with self._step(f"add object {object_id}") as record:
             record.object(object_id)
             self.memories[object_id] = ObjectMemory(object_id)
@@ -126,17 +134,18 @@ class Session:
         return object_id
 
     def remove_object(self, object_id: int) -> None:
-        self._memory(object_id)
+        object_id = self._memory(object_id).object_id
         with self._step(f"remove object {object_id}") as record:
             record.object(object_id)
             for table in (self.memories, self.prompts, self.stale):
                 del table[object_id]
 
     def _memory(self, object_id: int) -> ObjectMemory:
+        object_id = object_id_number(object_id)
         try:
             return self.memories[object_id]
         except KeyError:
-            raise KeyError(f"no object {object_id}; objects are {self.object_ids}") from None
+            raise ObjectError(f"no object {object_id}; objects are {self.object_ids} (add_object() makes one)") from None
 
     # prompts -----------------------------------------------------------------------------
     def segment_frame(self, frame: int, object_id: int, prompt: FramePrompt) -> FrameResult:
@@ -147,8 +156,10 @@ class Session:
         are used as context (sam2's correction clicks), and the frames that derived from it
         become stale until :meth:`repropagate`.
         """
-        self._memory(object_id)
-        self._check_frame(frame)
+        object_id = self._memory(object_id).object_id
+        frame = self._check_frame(frame)
+        if not isinstance(prompt, FramePrompt):
+            raise PromptError(f"prompt must be a FramePrompt, e.g. FramePrompt.clicks([[row, col]]); got {prompt!r}")
         prompt.validate(self.volume.frame_shape)
         kind = "mask" if prompt.mask is not None else "box" if prompt.box is not None else "clicks"
         with self._step(f"{kind} of object {object_id} on slice {frame}"):
@@ -189,6 +200,7 @@ class Session:
         """Remove the object's prompt on ``frame``. A frame that was propagated keeps its
         mask but becomes an ordinary tracked frame, stale with what derived from it; the
         last prompt of an object cannot be removed (remove the object instead)."""
+        frame = frame_number(frame)
         with self.lock:
             memory = self._memory(object_id)
             prompts = self.prompts[object_id]
@@ -239,26 +251,31 @@ class Session:
         backward, from the same start. Stop iterating at any time: frames already yielded
         keep their results.
         """
-        ids = self._prompted(object_ids)
-        first, last = limits if limits is not None else (0, len(self.volume) - 1)
-        self._check_frame(first)
-        self._check_frame(last)
+        if direction not in ("forward", "backward", "both"):
+            raise SessionError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
+        if limits is None:
+            limits = (0, len(self.volume) - 1)
+        if isinstance(limits, str) or not hasattr(limits, "__len__") or len(limits) != 2:
+            raise SessionError(f"limits must be two frames (first, last), got {limits!r}")
+        first, last = (self._check_frame(f) for f in limits)
         if first > last:
-            raise ValueError(f"limits must be (first, last) with first <= last, got {limits}")
+            raise SessionError(f"limits must be (first, last) with first <= last, got {limits}")
+        if start is not None and not first <= self._check_frame(start) <= last:
+            raise SessionError(f"start frame {start} lies outside limits {tuple(limits)}; start within them")
+        ids = self._prompted(object_ids)
         if start is None:
             starts = [f for i in ids for f in self.prompts[i] if first <= f <= last]
             if not starts:
                 raise PromptError(f"no prompt between frames {first} and {last}: add a click there first")
             start = min(starts)
-        self._check_frame(start)
-        if direction not in ("forward", "backward", "both"):
-            raise ValueError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
+        start = int(start)
+        objects = {i: self.memories[i] for i in ids}
         run = _Run(f"propagate {direction} from slice {start}")
         with self._running():
             if direction in ("forward", "both"):
-                yield from self._run(ids, range(start, last + 1), reverse=False, run=run)
+                yield from self._run(objects, range(start, last + 1), reverse=False, run=run)
             if direction in ("backward", "both") and start > 0:
-                yield from self._run(ids, range(start, first - 1, -1), reverse=True, run=run)
+                yield from self._run(objects, range(start, first - 1, -1), reverse=True, run=run)
 
     def repropagate(self) -> Iterator[FrameResult]:
         """Recompute exactly the stale frames (those derived from a changed frame), each run
@@ -266,9 +283,12 @@ class Session:
         run = _Run("re-propagate stale slices")
         with self._running():
             for object_id in self.object_ids:
+                memory = self.memories.get(object_id)
+                if memory is None:  # removed while an earlier object ran
+                    continue
                 for first, last, reverse in self._stale_runs(object_id):
                     step = -1 if reverse else 1
-                    yield from self._run([object_id], range(first, last + step, step), reverse=reverse, run=run)
+                    yield from self._run({object_id: memory}, range(first, last + step, step), reverse=reverse, run=run)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -303,23 +323,32 @@ class Session:
         return runs
 
     def _prompted(self, object_ids: Iterable[int] | None) -> list[int]:
-        ids = self.object_ids if object_ids is None else sorted(object_ids)
-        for i in ids:
-            self._memory(i)
+        if isinstance(object_ids, str) or not (object_ids is None or isinstance(object_ids, Iterable)):
+            raise ObjectError(f"object_ids must be a list of object ids, e.g. [1, 2]; got {object_ids!r}")
+        ids = self.object_ids if object_ids is None else sorted({self._memory(i).object_id for i in object_ids})
         prompted = [i for i in ids if self.prompts[i]]
         if not prompted:
             raise PromptError("no object has a prompt yet: click on the object in a slice first")
         return prompted
 
-    def _run(self, object_ids: list[int], order: range, reverse: bool, run: _Run) -> Iterator[FrameResult]:
-        """Track frames in ``order``. Each frame is recorded as a step of ``run``; the steps of
-        one run merge into one undo step, however far the run gets."""
+    def _run(
+        self, objects: dict[int, ObjectMemory], order: range, reverse: bool, run: _Run
+    ) -> Iterator[FrameResult]:
+        """Track ``objects`` over ``order``. Each frame is recorded as a step of ``run``; the
+        steps of one run merge into one undo step, however far the run gets.
+
+        Objects removed between two frames (by the GUI, while this runs in a worker) leave the
+        run at the next frame; objects added, or removed and added again under the same id,
+        are not part of it. Such a change is an undo step of its own, between the run's steps
+        before and after it."""
         with self.lock, self._step(run.description, run=run):
-            self._commit_pending(object_ids)
+            self._commit_pending([i for i, memory in objects.items() if self.memories.get(i) is memory])
         for frame in order:
             with self.lock, self.model.inference(), self._step(run.description, run=run) as record:
-                for object_id in object_ids:
-                    memory = self.memories[object_id]
+                objects = {i: memory for i, memory in objects.items() if self.memories.get(i) is memory}
+                if not objects:
+                    return
+                for object_id, memory in objects.items():
                     entry = memory.entries.get(frame)
                     record.tracked(object_id, frame)
                     record.stale(object_id)
@@ -536,6 +565,7 @@ class Session:
         self._set_status(object_id, frame, EntryStatus.AUTO)
 
     def _set_status(self, object_id: int, frame: int, status: EntryStatus) -> None:
+        object_id, frame = self._memory(object_id).object_id, frame_number(frame)  # before the step names them
         verb = {EntryStatus.PINNED: "pin", EntryStatus.EVICTED: "evict", EntryStatus.AUTO: "restore"}[status]
         where = f"library #{-1 - frame}" if frame < 0 else f"slice {frame}"
         with self.lock, self._step(f"{verb} {where} of object {object_id}"):
@@ -595,6 +625,7 @@ class Session:
 
     def memory_view(self, object_id: int, frame: int, reverse: bool = False) -> MemoryView:
         """What the policy would let ``frame`` attend to now (for the inspector and tests)."""
+        frame = self._check_frame(frame)
         with self.model.inference():
             descriptor = self._features(frame).descriptor
         return self.policy.view(self._memory(object_id), frame, reverse, self.model.sam, descriptor)
@@ -627,11 +658,8 @@ class Session:
         """Write prompts, memory entries (with their status) and tracking state to ``folder``
         (``session.json`` + ``tensors.safetensors``) so work can resume later on the same
         volume and model. Prompt results still pending are written with their memory encoded,
-        as a propagation would store them; the session itself is not changed."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        as a propagation would store them; the session itself is not changed. A save that
+        fails leaves an earlier save in ``folder`` as it was."""
         tensors: dict[str, torch.Tensor] = {}
         objects = {}
         pos_enc = [self._maskmem_pos_enc]
@@ -664,7 +692,6 @@ class Session:
             }
         if pos_enc[0] is not None:
             tensors["maskmem_pos_enc"] = pos_enc[0][-1].contiguous().cpu()
-        save_file(tensors, str(folder / "tensors.safetensors"))
         state = {
             "model": self.model.signature,
             "volume_shape": list(self.volume.shape),
@@ -673,17 +700,13 @@ class Session:
             "policy_options": {k: v for k, v in vars(self.policy).items() if k != "name"},
             "objects": objects,
         }
-        (folder / "session.json").write_text(json.dumps(state))
-        return folder
+        return write_pair(folder, "session.json", state, "tensors.safetensors", tensors)
 
     @classmethod
     def load(cls, folder: str | Path, model: LoadedModel, volume, **options) -> Session:
         """A session saved with :meth:`save`, on the same volume (checked frame by frame)."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        state = json.loads((folder / "session.json").read_text())
-        tensors = load_file(str(folder / "tensors.safetensors"))
+        state, tensors = read_pair(folder, "session.json", "tensors.safetensors", "session", _SAVED_FIELDS)
         session = cls(model, volume, **options)
         keys = [session.volume.frame_key(f) for f in range(len(session.volume))]
         if keys != state["frame_keys"]:
@@ -692,38 +715,40 @@ class Session:
                 "open the image it was made on"
             )
         if state["model"] != model.signature:
-            raise ValueError(f"{folder} was saved with another model or settings; load that model first")
-        if "maskmem_pos_enc" in tensors:
-            session._maskmem_pos_enc = [tensors["maskmem_pos_enc"].to(model.device)]
-        for key, saved in state["objects"].items():
-            object_id = session.add_object(int(key))
-            memory = session.memories[object_id]
-            for row in saved["entries"]:
-                prefix = f"{object_id}.{row['frame']}"
-                memory.entries[row["frame"]] = MemoryEntry(
-                    object_id=object_id, frame=row["frame"], conditioning=row["conditioning"],
-                    reverse=row["reverse"], predicted_iou=row["predicted_iou"], object_score=row["object_score"],
-                    status=EntryStatus(row["status"]),
-                    descriptor=tensors.get(f"{prefix}.descriptor"),  # fingerprints live on the CPU
-                    **{
-                        name: tensors[f"{prefix}.{name}"].to(model.device) if f"{prefix}.{name}" in tensors else None
-                        for name in ("maskmem_features", "low_res_logits", "obj_ptr")
-                    },
-                )
-            for frame, prompt in saved["prompts"].items():
-                mask = tensors.get(f"{object_id}.{frame}.prompt_mask")
-                session.prompts[object_id][int(frame)] = FramePrompt(
-                    prompt["points"], prompt["labels"], box=tuple(prompt["box"]) if prompt["box"] else None,
-                    mask=None if mask is None else mask.numpy(),
-                )
-            memory.tracked = {int(f): r for f, r in saved["tracked"].items()}
-            session.stale[object_id] = set(saved["stale"])
-            for index, status in saved["library_status"].items():
-                if session.library is not None and int(index) < len(session.library):
-                    row = session._library_row(object_id, int(index), session.library.entries[int(index)])
-                    row.status = EntryStatus(status)
-                    memory.library[int(index)] = row
-        session.policy = make_policy(state["policy"], **state["policy_options"])
+            raise SavedStateError(f"{folder} was saved with another model or settings; load that model first")
+        with consistent(folder, "session"):
+            if "maskmem_pos_enc" in tensors:
+                session._maskmem_pos_enc = [tensors["maskmem_pos_enc"].to(model.device)]
+            for key, saved in state["objects"].items():
+                object_id = session.add_object(int(key))
+                memory = session.memories[object_id]
+                for row in saved["entries"]:
+                    prefix = f"{object_id}.{row['frame']}"
+                    memory.entries[row["frame"]] = MemoryEntry(
+                        object_id=object_id, frame=row["frame"], conditioning=row["conditioning"],
+                        reverse=row["reverse"], predicted_iou=row["predicted_iou"], object_score=row["object_score"],
+                        status=EntryStatus(row["status"]),
+                        descriptor=tensors.get(f"{prefix}.descriptor"),  # fingerprints live on the CPU
+                        low_res_logits=tensors[f"{prefix}.low_res_logits"].to(model.device),  # every entry has a mask
+                        **{
+                            name: tensors[f"{prefix}.{name}"].to(model.device) if f"{prefix}.{name}" in tensors else None
+                            for name in ("maskmem_features", "obj_ptr")  # dropped by a bounded bank
+                        },
+                    )
+                for frame, prompt in saved["prompts"].items():
+                    mask = tensors.get(f"{object_id}.{frame}.prompt_mask")
+                    session.prompts[object_id][int(frame)] = FramePrompt(
+                        prompt["points"], prompt["labels"], box=tuple(prompt["box"]) if prompt["box"] else None,
+                        mask=None if mask is None else mask.numpy(),
+                    )
+                memory.tracked = {int(f): r for f, r in saved["tracked"].items()}
+                session.stale[object_id] = set(saved["stale"])
+                for index, status in saved["library_status"].items():
+                    if session.library is not None and int(index) < len(session.library):
+                        row = session._library_row(object_id, int(index), session.library.entries[int(index)])
+                        row.status = EntryStatus(status)
+                        memory.library[int(index)] = row
+            session.policy = make_policy(state["policy"], **state["policy_options"])
         session.history.clear()  # a loaded session starts with nothing to undo
         return session
 
@@ -793,6 +818,5 @@ class Session:
                 out[frame] = result.labels(self.volume.frame_shape)
         return out
 
-    def _check_frame(self, frame: int) -> None:
-        if not 0 <= frame < len(self.volume):
-            raise IndexError(f"frame {frame} is outside the volume's {len(self.volume)} frames")
+    def _check_frame(self, frame: int) -> int:
+        return self.volume.check_frame(frame)

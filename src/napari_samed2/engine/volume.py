@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_samed2.errors import VolumeError
+from napari_samed2.errors import FrameError, VolumeError
 from napari_samed2.io.intensity import IntensityWindow
 from napari_samed2.models.registry import Preprocessing
 
@@ -107,10 +107,16 @@ class Volume:
             index[dim] = value
         return tuple(index)
 
+    def check_frame(self, frame) -> int:
+        """``frame`` as an int, if it is one of this volume's frames."""
+        frame = frame_number(frame)
+        if not 0 <= frame < len(self):
+            raise FrameError(f"frame {frame} is outside the volume's {len(self)} frames (0 to {len(self) - 1})")
+        return frame
+
     def raw_frame(self, frame: int) -> np.ndarray:
         """The frame as stored: ``(H, W)`` or ``(H, W, 3)``, in the array's own dtype."""
-        if not 0 <= frame < len(self):
-            raise IndexError(f"frame {frame} is outside the volume's {len(self)} frames")
+        frame = self.check_frame(frame)
         raw = np.asarray(self.data[self.frame_index(frame)])
         return raw[..., :3] if self.rgb else raw
 
@@ -161,11 +167,25 @@ def _check_dtype(dtype: np.dtype) -> None:
         raise VolumeError(f"the image must hold numbers, not {dtype}; convert it, e.g. data.astype(np.float32)")
 
 
+def _is_whole(value) -> bool:
+    """An int or numpy integer; floats and bools are not (they would be truncated or misread)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _whole(value, name: str) -> int:
-    """An integer argument (a numpy integer too); floats and bools are refused, not truncated."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not _is_whole(value):
         raise VolumeError(f"{name} must be a whole number, got {value!r}")
     return int(value)
+
+
+def frame_number(frame) -> int:
+    """A frame index as an int (negative ones name library memories in a session's bank)."""
+    if not _is_whole(frame):
+        raise FrameError(
+            f"frame must be a whole number (a slice index), got {frame!r}"
+            + (f"; round it first: int(round({frame!r}))" if isinstance(frame, float | np.floating) else "")
+        )
+    return int(frame)
 
 
 def _axis(axis, ndim: int, name: str) -> int:

@@ -9,7 +9,7 @@ from napari_samed2.io.nifti import NiftiGeometry, read_nifti, write_nifti_labels
 from napari_samed2.io.readers import get_reader, read_image
 from napari_samed2.io.sample import SyntheticVolume, synthetic_volume
 from napari_samed2.io.tiff import read_tiff, write_tiff_labels
-from napari_samed2.io.writers import write_labels
+from napari_samed2.io.writers import labels_metadata, write_labels
 
 __all__ = [
     "CT_PRESETS",
@@ -20,6 +20,7 @@ __all__ = [
     "as_label_array",
     "get_reader",
     "label_dtype",
+    "labels_metadata",
     "looks_like_labels",
     "read_image",
     "read_nifti",

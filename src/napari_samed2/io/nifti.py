@@ -29,8 +29,9 @@ Metadata
 (see :class:`NiftiGeometry`): the original affine (list of lists), the raw header bytes, the
 orientation transform and the file's data shape. ``metadata["unit"]`` is the unit of
 ``scale`` ("mm" unless the header says otherwise) and ``metadata["source"]`` the file path.
-Widgets that create a Labels layer for an image should copy the image's metadata (and its
-scale and translate) into the new layer.
+Widgets that create a Labels layer for an image should give it
+``labels_metadata(image.metadata, shape)`` (:mod:`napari_samed2.io.writers`) and the image's
+scale and translate, so that it is saved with the image's header geometry.
 """
 
 from __future__ import annotations

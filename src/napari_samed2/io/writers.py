@@ -1,4 +1,5 @@
-"""Save Labels layers as NIfTI or TIFF: the napari (npe2) writers and one function for code.
+"""Save Labels layers as NIfTI or TIFF: the napari (npe2) writers, one function for code, and
+the metadata a new Labels layer takes from its image so that it is saved on the image's grid.
 
 No silent overwrite. :func:`write_labels` (for scripts, the engine and widgets) refuses an
 existing file unless ``overwrite=True``. The npe2 writers are what napari's "Save layer"
@@ -9,12 +10,13 @@ refuse to replace a file of that new name, which the user never saw.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 from napari_samed2.errors import ImageFileError
 from napari_samed2.io._files import NIFTI_SUFFIXES, TIFF_SUFFIXES, split_suffix
-from napari_samed2.io.nifti import write_nifti_labels
+from napari_samed2.io.nifti import METADATA_KEY, NiftiGeometry, write_nifti_labels
 from napari_samed2.io.tiff import LENGTH_UNITS, write_tiff_labels
 
 
@@ -45,6 +47,25 @@ def write_labels(
     raise ImageFileError(
         f"cannot save labels as {Path(path).name}: name the file *.nii.gz, *.nii, *.tif or *.ome.tif"
     )
+
+
+def labels_metadata(image_metadata: dict[str, Any] | None, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The ``metadata`` for a Labels layer of ``shape`` drawn on an image with ``image_metadata``.
+
+    It carries what saving needs to put the labels on the image's grid: the NIfTI geometry
+    (``"nifti"``: the source's affine and header, so a saved file has its sform/qform, their
+    codes, pixdim and origin, not only the same world positions), kept only when ``shape`` is
+    the image's displayed shape, and the ``"unit"`` of the layer's scale. Copied, so that
+    changing one layer's metadata leaves the other's alone.
+    """
+    image_metadata = image_metadata or {}
+    metadata = {}
+    geometry = NiftiGeometry.from_metadata(image_metadata)
+    if geometry is not None and geometry.display_shape == tuple(shape):
+        metadata[METADATA_KEY] = copy.deepcopy(image_metadata[METADATA_KEY])
+    if "unit" in image_metadata:
+        metadata["unit"] = image_metadata["unit"]
+    return metadata
 
 
 def napari_write_labels_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
