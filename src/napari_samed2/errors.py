@@ -31,6 +31,16 @@ class PromptError(SamEd2Error, ValueError):
     """A prompt that cannot be used: empty, outside the image, wrong shape."""
 
 
+class SavedStateError(SamEd2Error, ValueError):
+    """A saved session or memory library that cannot be loaded: a file missing, truncated or
+    edited, the two files not from the same save, or saved for another model."""
+
+
+class SessionMismatchError(SavedStateError):
+    """A saved session made for another image (its shape or content differ) or with another
+    model or model settings: it resumes only on the image and with the model it was saved for."""
+
+
 class VolumeError(SamEd2Error, ValueError):
     """An array that cannot be segmented as given (dimensions, axis, intensities)."""
 
