@@ -53,6 +53,11 @@ class SavedStateError(SamEd2Error, ValueError):
     edited, the two files not from the same save, or saved for another model."""
 
 
+class SessionMismatchError(SavedStateError):
+    """A saved session made for another image (its shape or content differ) or with another
+    model or model settings: it resumes only on the image and with the model it was saved for."""
+
+
 class VolumeError(SamEd2Error, ValueError):
     """An array that cannot be segmented as given (dimensions, axis, intensities)."""
 

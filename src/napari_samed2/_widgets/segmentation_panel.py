@@ -10,14 +10,22 @@ Undo and Redo step through the session's history (prompts, memory, stale slices;
 :mod:`napari_samed2.engine.history`): each job is one engine step, which carries the output
 layer's step of the same job as its tag, so both move together; the prompt layers are redrawn
 from the session's prompts, so an undone click is gone from the layers too.
+
+What the panel works on (session, layers, job queue, autosave) lives in the viewer's shared
+:class:`~napari_samed2._widgets.state.Segmentation`, not in the widget: a panel closed and
+opened again reconnects to it. Sessions are saved and resumed through
+:mod:`.session_files` (``Session.save`` / ``Session.load`` plus the output layer), and
+autosaved after each completed step (:mod:`.autosave`).
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,7 +35,10 @@ from qtpy.QtCore import QEvent, QObject, QThreadPool, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -45,11 +56,21 @@ from napari_samed2._widgets.coordinates import (
     to_layer_data,
 )
 from napari_samed2._widgets.layout import scrolling_layout
+from napari_samed2._widgets.session_files import (
+    SavedSession,
+    autosave_folders,
+    find_autosaves,
+    load_session_folder,
+    read_saved,
+    volume_fingerprint,
+    write_session_folder,
+)
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.engine import FramePrompt, FrameResult, Session, Volume
 from napari_samed2.engine.labels import LabelVolume
+from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.engine.prompts import POSITIVE
-from napari_samed2.errors import HistoryError, SamEd2Error
+from napari_samed2.errors import HistoryError, SamEd2Error, SessionMismatchError
 from napari_samed2.io.writers import labels_metadata
 
 if TYPE_CHECKING:
@@ -123,6 +144,39 @@ class _CloseWatcher(QObject):
         return False
 
 
+def _source_path(layer) -> Path | None:
+    """The file a layer was read from, if it came from one that still exists."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return Path(path) if path and Path(path).exists() else None
+
+
+def _summary(session: Session) -> str:
+    """"2 objects, prompts on 3 slices, 8 slices segmented"."""
+    objects = len(session.object_ids)
+    prompted = {f for frames in session.prompts.values() for f in frames}
+    segmented = {f for memory in session.memories.values() for f in (*memory.entries, *memory.pending) if f >= 0}
+    return (f"{objects} object{'' if objects == 1 else 's'}, prompts on {len(prompted)} "
+            f"slice{'' if len(prompted) == 1 else 's'}, {len(segmented)} slice{'' if len(segmented) == 1 else 's'} segmented")
+
+
+def _plain(exc: Exception) -> str:
+    # str(KeyError("...")) keeps the quotes; the user should not see them
+    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+class _blocked:
+    """Set a widget's state without its signals firing."""
+
+    def __init__(self, widget):
+        self.widget = widget
+
+    def __enter__(self):
+        self.previous = self.widget.blockSignals(True)
+
+    def __exit__(self, *exc):
+        self.widget.blockSignals(self.previous)
+
+
 def _same_prompt(a: FramePrompt | None, b: FramePrompt | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -132,25 +186,46 @@ def _same_prompt(a: FramePrompt | None, b: FramePrompt | None) -> bool:
     )
 
 
+class _Shared:
+    """A panel attribute that lives in the viewer's shared ``Segmentation`` (``_jobs`` is its
+    ``jobs``), so that it outlives the widget."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.key = name.lstrip("_")
+
+    def __get__(self, panel, owner=None):
+        return self if panel is None else getattr(panel.work, self.key)
+
+    def __set__(self, panel, value) -> None:
+        setattr(panel.work, self.key, value)
+
+
 class SegmentationPanel(QWidget):
     """Prompt, segment and propagate one image layer; see the module docstring."""
 
     work_finished = Signal(str)  # the status message shown when a job ends (tests wait on it)
 
+    session: Session | None = _Shared()
+    labels: LabelVolume | None = _Shared()
+    output_layer = _Shared()
+    points_layer = _Shared()
+    shapes_layer = _Shared()
+    _layer_prompts: dict[tuple[int, int], FramePrompt] = _Shared()  # as last applied from the layers
+    _skipped_edited: set[int] = _Shared()
+    _jobs = _Shared()
+    _job: _Job | None = _Shared()  # the one running
+    _worker = _Shared()
+    _pending_model = _Shared()  # a model that arrived while a job ran, applied after it
+
     def __init__(self, napari_viewer: napari.Viewer | None = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = shared_state(napari_viewer)
-        self.session: Session | None = None
-        self.labels: LabelVolume | None = None
-        self.output_layer = self.points_layer = self.shapes_layer = None
-        self._layer_prompts: dict[tuple[int, int], FramePrompt] = {}  # as last applied from the layers
-        self._skipped_edited: set[int] = set()
-        self._jobs: deque[_Job] = deque()
-        self._job: _Job | None = None  # the one running
-        self._worker = None
+        self.work = self.state.segmentation
+        previous, self.work.panel = self.work.panel, self  # a panel opened again takes over
+        if previous is not None and previous is not self:
+            previous._detach()
         self._muted = False  # while the panel itself edits prompt layers
-        self._pending_model = None  # a model that arrived while a job ran, applied after it
         self._last_refresh = 0.0  # when the inspector was last told about new results
         self._prompt_error = False  # the status line shows a complaint about the prompt layers
 
@@ -207,6 +282,53 @@ class SegmentationPanel(QWidget):
         self.status = QLabel("Load a model in the Model panel, choose the image, then press New segmentation.")
         self.status.setWordWrap(True)
 
+        # an autosave of the image just started, offered for resuming (no modal dialog)
+        self.resume_label = QLabel()
+        self.resume_label.setWordWrap(True)
+        self.resume_button = QPushButton("Resume it")
+        self.resume_button.setToolTip("Open the autosaved session in place of the new one (the new one's work, if any, stays in its layers)")
+        self.resume_button.clicked.connect(lambda: self.resume_offered())
+        self.dismiss_button = QPushButton("Dismiss")
+        self.dismiss_button.clicked.connect(self.dismiss_offer)
+        self.resume_box = QFrame()
+        self.resume_box.setFrameShape(QFrame.Shape.StyledPanel)
+
+        self.save_session_button = QPushButton("Save session...")
+        self.save_session_button.setToolTip(
+            "Save prompts, objects, memory entries (pins and evictions included) and the output labels into a folder"
+        )
+        self.save_session_button.clicked.connect(lambda: self.save_session())
+        self.open_session_button = QPushButton("Open session...")
+        self.open_session_button.setToolTip("Resume a saved session on the chosen image, with the model it was saved with")
+        self.open_session_button.clicked.connect(lambda: self.open_session())
+        self.autosave_check = QCheckBox("Autosave after each step")
+        self.autosave_check.setToolTip(
+            "Save the session after each click, propagation, pin, eviction or undo: next to the image file when "
+            "its folder can be written, else in your user data folder"
+        )
+        self.autosave_check.setChecked(self.work.autosave.enabled)
+        self.autosave_check.toggled.connect(self._autosave_toggled)
+        self.autosave_status = QLabel()
+        self.autosave_status.setWordWrap(True)
+        self.load_library_button = QPushButton("Load library...")
+        self.load_library_button.setToolTip("A memory library folder: confirmed memories of earlier cases that guide this one")
+        self.load_library_button.clicked.connect(lambda: self.load_library())
+        self.save_library_button = QPushButton("Save library...")
+        self.save_library_button.clicked.connect(lambda: self.save_library())
+        self.add_case_button = QPushButton("Add confirmed object")
+        self.add_case_button.setToolTip(
+            "The selected object is right: add its most confident memories to the library (Undo takes them out)"
+        )
+        self.add_case_button.clicked.connect(lambda: self.add_confirmed())
+        self.min_confidence = QDoubleSpinBox()
+        self.min_confidence.setRange(0.0, 1.0)
+        self.min_confidence.setDecimals(2)
+        self.min_confidence.setSingleStep(0.05)
+        self.min_confidence.setValue(0.8)
+        self.min_confidence.setToolTip("Only memories at least this confident go into the library")
+        self.library_status = QLabel()
+        self.library_status.setWordWrap(True)
+
         self._lay_out()
         if napari_viewer is not None:
             self._bind_shortcuts(napari_viewer)
@@ -219,11 +341,19 @@ class SegmentationPanel(QWidget):
                 window.installEventFilter(self._close_watcher)
         self.image_choice.changed.connect(self._image_changed)
         self.state.model_changed.connect(self._model_changed)
-        self.state.repropagate_requested.connect(lambda: self.repropagate())
-        # e.g. a policy change made slices stale, or a pin is one more step to undo
-        self.state.memory_changed.connect(self._update_buttons)
-        self._image_changed()
-        self._polarity_changed(False)
+        self.state.repropagate_requested.connect(self._repropagate_requested)
+        # e.g. a policy change made slices stale, or a pin is one more step to undo (and to autosave)
+        self.state.memory_changed.connect(self._memory_changed)
+        self.work.autosave.saved.connect(self._autosaved)
+        self.work.autosave.failed.connect(self._autosave_failed)
+        if self.session is not None:
+            self._reconnect()
+        else:
+            self._image_changed()
+            self._polarity_changed(False)
+            self._show_offer()
+        self._show_library()
+        self._show_autosave()
         self._update_buttons()
 
     def _bind_shortcuts(self, viewer) -> None:
@@ -289,12 +419,42 @@ class SegmentationPanel(QWidget):
         edit_row = QHBoxLayout()
         edit_row.addWidget(self.undo_button)
         edit_row.addWidget(self.redo_button)
+
+        resume = QFormLayout(self.resume_box)
+        resume.addRow(self.resume_label)
+        row = QHBoxLayout()
+        row.addWidget(self.resume_button)
+        row.addWidget(self.dismiss_button)
+        resume.addRow(row)
+
+        session_box = QGroupBox("Session and memory library")
+        form = QFormLayout(session_box)
+        row = QHBoxLayout()
+        row.addWidget(self.save_session_button)
+        row.addWidget(self.open_session_button)
+        form.addRow(row)
+        form.addRow(self.autosave_check)
+        form.addRow(self.autosave_status)
+        row = QHBoxLayout()
+        row.addWidget(self.load_library_button)
+        row.addWidget(self.save_library_button)
+        form.addRow(row)
+        row = QHBoxLayout()
+        row.addWidget(self.add_case_button)
+        row.addWidget(QLabel("at confidence"))
+        row.addWidget(self.min_confidence)
+        form.addRow(row)
+        form.addRow(self.library_status)
+
         layout = scrolling_layout(self)
-        for box in (image_box, prompt_box, propagate_box):
+        layout.addWidget(image_box)
+        layout.addWidget(self.resume_box)
+        for box in (prompt_box, propagate_box):
             layout.addWidget(box)
         layout.addLayout(edit_row)
         layout.addWidget(self.overwrite_button)
         layout.addWidget(self.status)
+        layout.addWidget(session_box)
         layout.addStretch()
 
     # layer choices -----------------------------------------------------------------------
@@ -352,14 +512,28 @@ class SegmentationPanel(QWidget):
         axis = self.axis_choice.value()
         try:
             volume = Volume(image.data, axis, rgb=image.rgb, fixed=self._fixed_indices(image, axis))
-            session = Session(model, volume)
+            session = Session(model, volume, library=self.state.library)
+            fingerprint = volume_fingerprint(volume)
         except _USER_ERRORS as exc:
             return self._say(f"Cannot segment {image.name!r} along axis {axis}: {exc}")
+        self._begin(image, session, fingerprint)
+        self._offer_resume()
+        return self._say(
+            f"Segmenting {image.name!r} along axis {axis} ({len(volume)} slices). Click on the object "
+            "(T switches positive/negative), or draw a box in the boxes layer."
+        )
+
+    def _begin(self, image, session: Session, fingerprint: str, labels: np.ndarray | None = None,
+               written: list[int] | None = None, autosaved: Path | None = None) -> None:
+        """Show ``session`` of ``image``: new prompt layers and an output layer (``labels``, of
+        which the ``written`` slices hold the session's own results, or empty), the objects and
+        the prompts drawn (a resumed session). Earlier layers stay in the viewer untouched."""
+        volume = session.volume
         spatial_shape = volume.spatial_shape
         where = {"scale": image.scale[: len(spatial_shape)], "translate": image.translate[: len(spatial_shape)]}
         self._muted = True
         self.output_layer = self.viewer.add_labels(  # saved on the image's grid, NIfTI header included
-            np.zeros(spatial_shape, np.uint16), name=f"{image.name} SAM labels",
+            labels if labels is not None else np.zeros(spatial_shape, np.uint16), name=f"{image.name} SAM labels",
             metadata=labels_metadata(image.metadata, spatial_shape), **where,
         )
         shapes = self.viewer.add_shapes(
@@ -372,14 +546,23 @@ class SegmentationPanel(QWidget):
         )
         self._muted = False
         self.session, self.labels = session, LabelVolume(self.output_layer.data, volume)
-        self._layer_prompts.clear()
-        self._skipped_edited.clear()
+        self.labels.adopt(written or ())
+        self._layer_prompts = {}
+        self._skipped_edited = set()
         self.first_slice.setRange(0, len(volume) - 1)
         self.last_slice.setRange(0, len(volume) - 1)
         self.last_slice.setValue(len(volume) - 1)
         self.object_choice.clear()
-        self.state.set_session(session, image_layer=image, axis=axis)
-        self.add_object()
+        self.state.set_session(session, image_layer=image, axis=volume.axis)
+        self.work.image_path, self.work.fingerprint = _source_path(image), fingerprint
+        self.work.autosave.reset(
+            autosave_folders(self.work.image_path, fingerprint, session.model, datetime.now()), saved=autosaved
+        )
+        self.dismiss_offer()
+        if session.object_ids:
+            self._sync_objects()
+        else:
+            self.add_object()
         for choice, layer in ((self.mask_choice, self.output_layer), (self.points_choice, points),
                               (self.shapes_choice, shapes)):
             with choice.changed.blocked():
@@ -387,12 +570,11 @@ class SegmentationPanel(QWidget):
                 choice.value = layer
         self.use_prompt_layer(shapes)
         self.use_prompt_layer(points)
+        self._sync_prompt_layers({(o, f) for o, frames in session.prompts.items() for f in frames})
         self.viewer.layers.selection.active = self.points_layer
         self.points_layer.mode = "add"
-        return self._say(
-            f"Segmenting {image.name!r} along axis {axis} ({len(volume)} slices). Click on the object "
-            "(T switches positive/negative), or draw a box in the boxes layer."
-        )
+        self._show_autosave()
+        self._refresh_output()
 
     def _fixed_indices(self, image, axis: int) -> dict[int, int]:
         """Axes that are neither the slicing axis nor on screen stay at the viewer's position."""
@@ -408,7 +590,10 @@ class SegmentationPanel(QWidget):
         self.session = self.labels = None
         self.output_layer = self.points_layer = self.shapes_layer = None
         self.object_choice.clear()
+        self.work.autosave.reset([])  # its last autosave stays, to be resumed
+        self.dismiss_offer()
         self.state.set_session(None)
+        self._show_autosave()
         self._say(message)
 
     def _model_changed(self, model) -> None:
@@ -441,6 +626,10 @@ class SegmentationPanel(QWidget):
         prompts = {(o, f): p for o, frames in old.prompts.items() for f, p in frames.items()}
         self.session = session
         self.state.set_session(session, image_layer=self.state.image_layer, axis=self.state.axis)
+        # the old model's autosave stays resumable with it; this model's work autosaves apart
+        self.work.autosave.reset(autosave_folders(self.work.image_path, self.work.fingerprint, model, datetime.now()))
+        self.dismiss_offer()
+        self._show_autosave()
         message = f"Now segmenting with {model.spec.title} ({model.image_size} px)"
         if prompts:
             self._submit("re-segment with the new model", self._segment_changes, prompts, total=len(prompts))
@@ -462,6 +651,7 @@ class SegmentationPanel(QWidget):
         object_id = self.session.add_object()
         self.object_choice.addItem(f"object {object_id}", object_id)
         self.object_choice.setCurrentIndex(self.object_choice.count() - 1)
+        self._request_autosave()
         return object_id
 
     def delete_object(self, object_id: int | None = None) -> None:
@@ -527,14 +717,21 @@ class SegmentationPanel(QWidget):
         self._muted = False
         if is_points:
             self.points_layer = layer
-            layer.bind_key("t", lambda _layer: self.polarity_button.toggle(), overwrite=True)
             self._polarity_changed(self.polarity_button.isChecked())
         else:
             self.shapes_layer = layer
             self._object_selected(self.object_choice.currentIndex())
-        layer.events.data.connect(self._prompts_edited)
+        self._watch_prompt_layer(layer)
         if len(layer.data) and self.live_mode.isChecked():
             self.apply_prompts()
+
+    def _watch_prompt_layer(self, layer) -> None:
+        """Segment what is drawn in ``layer`` (and T switches polarity in a clicks layer)."""
+        from napari.layers import Points
+
+        if isinstance(layer, Points):
+            layer.bind_key("t", lambda _layer: self.polarity_button.toggle(), overwrite=True)
+        layer.events.data.connect(self._prompts_edited)
 
     def _polarity_changed(self, negative: bool) -> None:
         self.polarity_button.setText("Negative (T)" if negative else "Positive (T)")
@@ -721,14 +918,17 @@ class SegmentationPanel(QWidget):
         job.steps = job.work(*job.args)
         self.progress.setRange(0, max(job.total, 1))
         self.progress.setValue(0)
-        # connecting "errored" at creation stops napari from re-raising the error as a crash
+        # connecting "errored" at creation stops napari from re-raising the error as a crash;
+        # the panel showing the segmentation when a signal arrives handles it (a panel closed
+        # and opened again meanwhile takes over the running job)
+        work = self.work
         self._worker = create_worker(
             _drive, job.steps,
             _connect={
-                "yielded": self._on_result,
-                "errored": self._on_error,
-                "aborted": self._on_aborted,
-                "finished": self._on_finished,
+                "yielded": lambda step: work.panel._on_result(step),
+                "errored": lambda exc: work.panel._on_error(exc),
+                "aborted": lambda: work.panel._on_aborted(),
+                "finished": lambda: work.panel._on_finished(),
             },
         )
         self._update_buttons()
@@ -787,6 +987,7 @@ class SegmentationPanel(QWidget):
         self._worker = None
         self._next_job()
         if self._worker is None:
+            self._request_autosave()
             self.work_finished.emit(self.status.text())
 
     def cancel(self) -> None:
@@ -950,12 +1151,408 @@ class SegmentationPanel(QWidget):
         self.session.end_step(tag=self.labels.end())
         self._skipped_edited.clear()
         self._refresh_output()
+        self._request_autosave()
         self._say(f"Overwrote slices {frames} with the model's result (Undo puts your edits back).")
 
     def _refresh_output(self) -> None:
         if self.output_layer is not None:
             self.output_layer.refresh()
         self._update_buttons()
+
+    # saving and resuming ------------------------------------------------------------------
+    def save_session(self, folder: str | os.PathLike | None = None) -> bool:
+        """Save the segmentation (prompts, objects, memory with pins and evictions, the output
+        labels) into ``folder`` (asked for with a file dialog when not given)."""
+        if self.session is None:
+            self._say("Nothing to save yet: press New segmentation first.")
+            return False
+        if folder is None:
+            suggestion = self._dialog_folder() / f"{self.state.image_layer.name} session"
+            folder, _ = QFileDialog.getSaveFileName(self, "Save the session as a folder", str(suggestion))
+            if not folder:
+                return False
+        try:
+            written = write_session_folder(folder, self.session, self.labels, self._save_context())
+        except (SamEd2Error, OSError) as exc:
+            self._say(f"Could not save the session: {exc}")
+            return False
+        self._say(f"Saved the session in {written} ({_summary(self.session)}); Open session... resumes it.")
+        return True
+
+    def open_session(self, folder: str | os.PathLike | None = None) -> bool:
+        """Resume a saved session (asked for with a folder dialog when not given) on the chosen
+        image with the loaded model: its objects, prompts (drawn in new prompt layers), memory
+        entries with their status and output labels. A session of another image or model, or a
+        damaged folder, is refused with the reason, and nothing in the viewer changes."""
+        if self._refuse_to_resume():
+            return False
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Open a saved session", str(self._dialog_folder()))
+            if not folder:
+                return False
+        return self._resume(Path(folder), autosaved=False)
+
+    def resume_offered(self) -> bool:
+        """Resume the autosave offered when the segmentation started."""
+        offer = self.work.offer
+        if offer is None:
+            self._say("No autosave is offered: press New segmentation on the image to look for one.")
+            return False
+        if self._refuse_to_resume():
+            return False
+        if self.image_choice.value is not self.state.image_layer and self.state.image_layer is not None:
+            self.image_choice.value = self.state.image_layer
+        return self._resume(offer.folder, autosaved=True)
+
+    def dismiss_offer(self) -> None:
+        self.work.offer = None
+        self._show_offer()
+
+    def _refuse_to_resume(self) -> bool:
+        if self.state.model is None:
+            self._say("Load a model in the Model panel first: the one the session was saved with.")
+        elif self.image_choice.value is None:
+            self._say("Open the image the session was made on first, and choose it in Layer.")
+        elif self.busy:
+            self._say("Wait for the running job to end (or Cancel it) before opening a session.")
+        else:
+            return False
+        return True
+
+    def _resume(self, folder: Path, autosaved: bool) -> bool:
+        image, model = self.image_choice.value, self.state.model
+        try:
+            saved = read_saved(folder)
+            shape = saved.image.get("shape")
+            if shape is not None and tuple(shape) != tuple(image.data.shape):
+                raise SessionMismatchError(
+                    f"{folder} was saved for the image {saved.image.get('name')!r} of shape {tuple(shape)}, and "
+                    f"{image.name!r} has shape {tuple(image.data.shape)}: choose the image it was made on in Layer"
+                )
+            axis = int(saved.image.get("axis", self.axis_choice.value()))
+            fixed = saved.image.get("fixed")
+            fixed = {int(k): int(v) for k, v in fixed.items()} if fixed is not None else self._fixed_indices(image, axis)
+            volume = Volume(image.data, axis, rgb=image.rgb, fixed=fixed)
+            fingerprint = volume_fingerprint(volume)
+            library, notes = self._library_for(saved)
+            loaded = load_session_folder(folder, model, volume, fingerprint, library=library)
+        except _USER_ERRORS as exc:
+            self._say(f"Cannot open the session: {_plain(exc)}. Nothing was changed.")
+            return False
+        if library is not self.state.library:  # the session's own library, loaded with it
+            self.state.library, self.state.library_changed = library, False
+            self.state.library_folder = Path(saved.meta["library"]["folder"])
+            self._show_library()
+        pristine = self._pristine_layers()
+        self._begin(image, loaded.session, fingerprint, labels=loaded.labels, written=loaded.written,
+                    autosaved=folder if autosaved else None)
+        for layer in pristine:  # the empty layers of a segmentation that had not begun
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.state.memory_changed.emit()
+        self._say(" ".join([f"Resumed the session in {folder}: {_summary(loaded.session)}.", *notes,
+                            "Undo starts from here."]))
+        return True
+
+    def _pristine_layers(self) -> list:
+        """The layers of the open segmentation when nothing was done in it yet (they would only
+        clutter the viewer once another session replaces it)."""
+        session = self.session
+        if session is None or any(session.prompts.values()) or session.memory_entries():
+            return []
+        layers = [self.output_layer, self.points_layer, self.shapes_layer]
+        if any(layer is None for layer in layers) or self.output_layer.data.any():
+            return []
+        if len(self.points_layer.data) or len(self.shapes_layer.data):
+            return []
+        return layers
+
+    def _save_context(self) -> dict:
+        """What a save records beside the session: the image it was made on, the library."""
+        session = self.session
+        return {
+            "image_name": self.state.image_layer.name if self.state.image_layer is not None else None,
+            "image_path": self.work.image_path,
+            "fingerprint": self.work.fingerprint,
+            "library": self.state.library_folder if session.library is not None and session.library is self.state.library else None,
+        }
+
+    def _dialog_folder(self) -> Path:
+        return self.work.image_path.parent if self.work.image_path is not None else Path.home()
+
+    # autosave ----------------------------------------------------------------------------
+    def _request_autosave(self) -> None:
+        """After a completed step: save in the background (nothing while a job runs; its end
+        saves). A copy of the output labels is taken here, on the GUI thread."""
+        autosave = self.work.autosave
+        if self.session is None or self.labels is None or self.busy or not autosave.enabled:
+            return
+        if autosave.folder is None and not any(self.session.prompts.values()):
+            return  # nothing worth saving yet
+        session, labels, context = self.session, self.labels.snapshot(), self._save_context()
+        autosave.request(lambda folder: write_session_folder(folder, session, labels, context))
+
+    def _autosave_toggled(self, on: bool) -> None:
+        self.work.autosave.enabled = on
+        if on:
+            self._request_autosave()
+        self._show_autosave()
+
+    def _autosaved(self, _folder) -> None:
+        self._show_autosave()
+
+    def _autosave_failed(self, message: str) -> None:
+        """Said once (until a save works again); the work goes on."""
+        self._show_autosave()
+        self._say(f"{self.status.text()} Autosave failed: {message}. Annotation goes on; Save session... "
+                  "keeps your work.".strip())
+
+    def _show_autosave(self) -> None:
+        autosave = self.work.autosave
+        with _blocked(self.autosave_check):
+            self.autosave_check.setChecked(autosave.enabled)
+        folder = autosave.folder
+        if not autosave.enabled:
+            text = "Autosave is off."
+        elif autosave.error is not None:
+            text = f"Autosave failed: {autosave.error}"
+        elif folder is not None and autosave.last_saved is not None:
+            where = "next to the image" if folder.parent.parent.name.endswith(".samed2") else "in your data folder"
+            text = f"Autosaved at {autosave.last_saved:%H:%M:%S}, {where}."
+        elif folder is not None:
+            text = "Resumed from an autosave: new steps are saved there."
+        else:
+            text = "Autosaves after each step." if self.session is not None else ""
+        self.autosave_status.setText(text)
+        self.autosave_status.setToolTip(str(folder) if folder is not None else "")
+
+    def _offer_resume(self) -> None:
+        """Look for autosaves of the image just started and offer the newest that the loaded
+        model can resume (a notice with a button, no dialog)."""
+        work, model = self.work, self.state.model
+        try:
+            found = find_autosaves(work.image_path, work.fingerprint)
+        except OSError:
+            found = []
+        usable = [saved for saved in found if saved.model.get("signature") == model.signature]
+        work.offer = usable[0] if usable else None
+        self._show_offer(found[0] if found and not usable else None)
+
+    def _show_offer(self, other: SavedSession | None = None) -> None:
+        offer = self.work.offer
+        if offer is not None:
+            self.resume_label.setText(f"This image has an autosaved session: {offer.describe()}.")
+            self.resume_label.setToolTip(str(offer.folder))
+        elif other is not None:
+            self.resume_label.setText(
+                f"This image has an autosaved session made with another model: {other.describe()}. Load that model, "
+                "then press New segmentation again to resume it."
+            )
+            self.resume_label.setToolTip(str(other.folder))
+        self.resume_button.setVisible(offer is not None)
+        self.resume_box.setVisible(offer is not None or other is not None)
+
+    # memory library ----------------------------------------------------------------------
+    def load_library(self, folder: str | os.PathLike | None = None) -> bool:
+        """Load a memory library folder; it guides this viewer's segmentations."""
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Load a memory library", str(self._dialog_folder()))
+            if not folder:
+                return False
+        try:
+            library = MemoryLibrary.load(folder)
+        except (SamEd2Error, OSError, ValueError, KeyError, TypeError) as exc:
+            self._say(f"Could not load the memory library: {exc}")
+            return False
+        self.state.library, self.state.library_folder, self.state.library_changed = library, Path(folder), False
+        note = self._attach_library(library)
+        self._show_library()
+        self._update_buttons()
+        self._say(f"Loaded the memory library in {folder} ({len(library)} entries). {note}".strip())
+        return True
+
+    def _attach_library(self, library: MemoryLibrary) -> str:
+        """Give the open segmentation ``library`` unless it already draws on another one."""
+        session = self.session
+        if session is None:
+            return "It guides the next segmentation."
+        if session.library is library:
+            return ""
+        if session.library is not None and any(memory.library for memory in session.memories.values()):
+            return ("This segmentation keeps the library it already uses (its entries are in the inspector); the "
+                    "loaded one guides the next segmentation.")
+        with session.lock:
+            session.library = library
+        return "It guides the slices segmented from now on (Propagate again to use it on slices already done)."
+
+    def _library_for(self, saved: SavedSession) -> tuple[MemoryLibrary | None, list[str]]:
+        """The library to resume ``saved`` with, and what to say about it: the loaded one, or
+        the one it was saved with when none is loaded (the state changes only once it opened)."""
+        used = saved.meta.get("library") or {}
+        folder, loaded = used.get("folder"), self.state.library
+        if not used or self.state.library_folder is not None and str(self.state.library_folder) == folder:
+            return loaded, []
+        if loaded is None and folder:
+            try:
+                return MemoryLibrary.load(folder), [f"Loaded its memory library from {folder}."]
+            except (SamEd2Error, OSError, ValueError, KeyError, TypeError):
+                pass
+        return loaded, [f"It was saved with the memory library in {folder or 'a folder never saved'}, which is not "
+                        "the one loaded: pins and evictions of library entries may not carry over."]
+
+    def save_library(self, folder: str | os.PathLike | None = None) -> bool:
+        library = self.state.library
+        if library is None:
+            self._say("No memory library to save: load one, or Add confirmed object to start one.")
+            return False
+        if folder is None:
+            suggestion = self.state.library_folder or self._dialog_folder() / "memory library"
+            folder, _ = QFileDialog.getSaveFileName(self, "Save the memory library as a folder", str(suggestion))
+            if not folder:
+                return False
+        try:
+            library.save(folder)
+        except (SamEd2Error, OSError) as exc:
+            self._say(f"Could not save the memory library: {exc}")
+            return False
+        self.state.library_folder, self.state.library_changed = Path(folder), False
+        self._show_library()
+        self._say(f"Saved the memory library ({len(library)} entries) in {folder}.")
+        return True
+
+    def add_confirmed(self, object_id: int | None = None) -> int | None:
+        """The object is right: add its most confident memories (at least the chosen confidence,
+        not evicted) to the memory library, which is started if none is loaded. One undo step."""
+        session = self.session
+        object_id = object_id if object_id is not None else self.current_object
+        if session is None or object_id is None:
+            self._say("Press New segmentation first.")
+            return None
+        if self._refuse_while_busy():
+            return None
+        started = ""
+        if session.library is None:
+            if self.state.library is None:
+                self.state.library, self.state.library_folder = MemoryLibrary(), None
+                started = "Started a new memory library. "
+            with session.lock:
+                session.library = self.state.library
+        minimum = self.min_confidence.value()
+        try:
+            kept = session.add_to_library(
+                object_id, min_confidence=minimum, label=f"object {object_id}",
+                case=self.state.image_layer.name if self.state.image_layer is not None else "",
+            )
+        except _USER_ERRORS as exc:
+            self._say(_plain(exc))
+            return None
+        if kept and session.library is self.state.library:
+            self.state.library_changed = True
+        self._show_library()
+        self.state.memory_changed.emit()  # the undo button; an autosave
+        if not kept:
+            self._say(
+                f"{started}No memory of object {object_id} is at least {minimum:.2f} confident (evicted ones do not "
+                "count): nothing was added. Propagate and check the slices, or lower the confidence."
+            )
+        else:
+            self._say(
+                f"{started}Added {kept} memories of object {object_id} to the memory library (now {len(session.library)} "
+                "entries); Save library... keeps them, Undo takes them out."
+            )
+        return kept
+
+    def _show_library(self) -> None:
+        library, folder = self.state.library, self.state.library_folder
+        if library is None:
+            text = "No memory library loaded (Add confirmed object starts one)."
+        elif folder is None:
+            text = f"Memory library: {len(library)} entries, not saved yet."
+        else:
+            changed = ", changed since saved" if self.state.library_changed else ""
+            text = f"Memory library: {len(library)} entries from {folder.name}{changed}."
+        self.library_status.setText(text)
+        self.library_status.setToolTip(str(folder) if folder is not None else "")
+
+    # a panel opened again ----------------------------------------------------------------
+    def _reconnect(self) -> None:
+        """Show the segmentation that is open in the shared state (this panel replaces one that
+        was closed): its image, objects, prompt and output layers, running job and autosave."""
+        session, image = self.session, self.state.image_layer
+        with self.image_choice.changed.blocked():
+            self.image_choice.reset_choices()
+            if image is not None and any(layer is image for _name, layer in self._layers_of("Image")):
+                self.image_choice.value = image
+        if image is not None:
+            self.axis_choice.setRange(0, image.ndim - 1)
+        self.axis_choice.setValue(self.state.axis)
+        last = len(session.volume) - 1
+        self.first_slice.setRange(0, last)
+        self.last_slice.setRange(0, last)
+        self.last_slice.setValue(last)
+        for choice, layer in ((self.mask_choice, self.output_layer), (self.points_choice, self.points_layer),
+                              (self.shapes_choice, self.shapes_layer)):
+            with choice.changed.blocked():
+                choice.reset_choices()
+                if layer is not None:
+                    choice.value = layer
+        current = None
+        defaults = self.points_layer.feature_defaults if self.points_layer is not None else None
+        if defaults is not None and "object" in defaults and "positive" in defaults:
+            current = int(defaults["object"].iloc[0])
+            self.polarity_button.setChecked(not bool(defaults["positive"].iloc[0]))
+        self._sync_objects()
+        index = self.object_choice.findData(current)
+        if index >= 0:
+            self.object_choice.setCurrentIndex(index)
+        self._polarity_changed(self.polarity_button.isChecked())
+        for layer in (self.points_layer, self.shapes_layer):
+            if layer is not None:
+                self._watch_prompt_layer(layer)
+        if self.busy and self._job is not None:
+            self.progress.setRange(0, max(self._job.total, 1))
+            self.progress.setValue(min(len(self._job.done), self.progress.maximum()))
+        self._show_offer()
+        running = f", running its {self._job.name}" if self.busy and self._job is not None else ""
+        objects = len(session.object_ids)
+        self._say(
+            f"Reconnected to the segmentation of {image.name if image is not None else 'the image'!r} "
+            f"({objects} object{'' if objects == 1 else 's'}{running})."
+        )
+
+    def _detach(self) -> None:
+        """A newer panel took over this viewer's segmentation (this one was closed, or another
+        was opened): stop listening, so that only the new one acts on clicks and signals."""
+        for signal, slot in ((self.state.model_changed, self._model_changed),
+                             (self.state.repropagate_requested, self._repropagate_requested),
+                             (self.state.memory_changed, self._memory_changed),
+                             (self.work.autosave.saved, self._autosaved),
+                             (self.work.autosave.failed, self._autosave_failed)):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):
+                pass
+        emitters = []
+        if self.viewer is not None:
+            layers = self.viewer.layers.events
+            emitters += [(layers.inserted, self._layers_changed), (layers.removed, self._layers_changed),
+                         (layers.removed, self._layer_removed)]
+        emitters += [(layer.events.data, self._prompts_edited)
+                     for layer in (self.points_layer, self.shapes_layer) if layer is not None]
+        for emitter, callback in emitters:
+            emitter.disconnect(callback)
+        try:
+            self.setEnabled(False)
+            self.status.setText("This segmentation goes on in the Segmentation panel opened since.")
+        except RuntimeError:  # its Qt side is gone already
+            pass
+
+    def _repropagate_requested(self) -> None:
+        self.repropagate()
+
+    def _memory_changed(self) -> None:
+        self._update_buttons()
+        self._request_autosave()
 
     # feedback ----------------------------------------------------------------------------
     def _say(self, message: str) -> bool:
@@ -965,8 +1562,12 @@ class SegmentationPanel(QWidget):
     def _update_buttons(self) -> None:
         has_session, busy = self.session is not None, self._worker is not None
         self.start_button.setEnabled(self.state.model is not None and self.image_choice.value is not None)
-        for button in (self.add_object_button, self.delete_object_button, self.use_mask_button):
+        self.open_session_button.setEnabled(self.start_button.isEnabled() and not busy)
+        for button in (self.add_object_button, self.delete_object_button, self.use_mask_button,
+                       self.save_session_button):
             button.setEnabled(has_session)
+        self.add_case_button.setEnabled(has_session and not busy)
+        self.save_library_button.setEnabled(self.state.library is not None)
         waiting = self._job_names()
         self.propagate_button.setEnabled(has_session and "propagate" not in waiting)
         self.repropagate_button.setEnabled(has_session and "re-propagate" not in waiting)

@@ -9,15 +9,48 @@ one object per viewer, as micro-sam's annotator state does.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, Signal
+
+from napari_samed2._widgets.autosave import Autosaver
 
 if TYPE_CHECKING:
     import napari
 
+    from napari_samed2._widgets.session_files import SavedSession
     from napari_samed2.engine import Session
+    from napari_samed2.engine.labels import LabelVolume
+    from napari_samed2.engine.library import MemoryLibrary
     from napari_samed2.models import LoadedModel
+
+
+@dataclass(eq=False)
+class Segmentation:
+    """What the Segmentation panel works on, kept here rather than in the panel: closing its
+    dock and opening it again (Plugins menu, launcher) gives a new panel that reconnects to
+    the same session, layers, running job and autosave. ``panel`` is the panel that shows it
+    (and receives its workers' results); a newer panel takes over from an older one."""
+
+    session: Session | None = None
+    labels: LabelVolume | None = None
+    output_layer: Any = None
+    points_layer: Any = None
+    shapes_layer: Any = None
+    layer_prompts: dict = field(default_factory=dict)  # prompts as last applied from the layers
+    skipped_edited: set = field(default_factory=set)  # slices painted by hand, left alone
+    jobs: deque = field(default_factory=deque)  # jobs waiting
+    job: Any = None  # the one running
+    worker: Any = None
+    pending_model: Any = None  # a model that arrived while a job ran, applied after it
+    image_path: Path | None = None  # the image's file, if it came from one
+    fingerprint: str | None = None  # of the slices' content (session_files.volume_fingerprint)
+    offer: SavedSession | None = None  # an autosave of this image offered for resuming
+    autosave: Autosaver = field(default_factory=Autosaver)
+    panel: Any = None
 
 
 class AnnotatorState(QObject):
@@ -27,6 +60,8 @@ class AnnotatorState(QObject):
     segmentation starts; ``memory_changed()`` after frames were segmented or memory entries
     changed (pin, evict, policy); ``repropagate_requested()`` asks the segmentation panel to
     recompute stale frames (it owns the worker, the progress bar and Cancel).
+    ``segmentation`` is the segmentation panel's work (see :class:`Segmentation`); ``library``
+    the memory library shared by the viewer's segmentations.
     """
 
     model_changed = Signal(object)
@@ -42,6 +77,11 @@ class AnnotatorState(QObject):
         self.image_layer = None  # the napari Image layer the session segments
         self.axis: int = 0  # the slicing axis, in the image layer's data dimensions
         self.job: str | None = None  # the segmentation's running job ("propagate", ...), if any
+        self.segmentation = Segmentation()
+        # the memory library that guides this viewer's segmentations (None: none loaded yet)
+        self.library: MemoryLibrary | None = None
+        self.library_folder: Path | None = None  # where it was loaded from or last saved to
+        self.library_changed = False  # entries added since it was loaded or saved
 
     @property
     def viewer(self) -> napari.Viewer | None:

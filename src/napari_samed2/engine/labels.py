@@ -86,6 +86,23 @@ class LabelVolume:
             return _digest(current) != self._written[frame]
         return bool(current.any())
 
+    def written_frames(self) -> list[int]:
+        """The frames that hold what the plugin last wrote there (not edited by hand since)."""
+        return sorted(f for f in self._written if not self.edited_by_hand(f))
+
+    def adopt(self, frames: Iterable[int]) -> None:
+        """Count the current content of ``frames`` as what the plugin wrote there (a resumed
+        session's own results), so that new results may replace it; other frames stay protected."""
+        for frame in frames:
+            self._written[frame] = _digest(self.frame(frame))
+
+    def snapshot(self) -> LabelVolume:
+        """A copy of the data that knows which frames the plugin wrote, without undo history
+        (what a background save reads while the original goes on changing)."""
+        copy = LabelVolume(self.data.copy(), self.volume, max_undo_bytes=self.max_undo_bytes)
+        copy._written = dict(self._written)
+        return copy
+
     # writing ---------------------------------------------------------------------------
     def begin(self, description: str) -> None:
         """Group the following writes into one undo step, until :meth:`end`."""
