@@ -52,6 +52,4 @@ def test_shutdown_cancels_queued_work_and_returns_once_the_worker_stopped(make_n
     assert len(panel._jobs) == 1
     assert panel.shutdown(timeout_s=60.0)
     assert not worker.is_running and not panel._jobs
-    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS) as signal:
-        pass
-    assert "Cancelled propagate" in signal.args[0]
+    assert panel.work.panel is None  # the worker's signals still queued go nowhere: the window is closing

@@ -920,15 +920,15 @@ class SegmentationPanel(QWidget):
         self.progress.setValue(0)
         # connecting "errored" at creation stops napari from re-raising the error as a crash;
         # the panel showing the segmentation when a signal arrives handles it (a panel closed
-        # and opened again meanwhile takes over the running job)
+        # and opened again meanwhile takes over the running job); none after the viewer closed
         work = self.work
         self._worker = create_worker(
             _drive, job.steps,
             _connect={
-                "yielded": lambda step: work.panel._on_result(step),
-                "errored": lambda exc: work.panel._on_error(exc),
-                "aborted": lambda: work.panel._on_aborted(),
-                "finished": lambda: work.panel._on_finished(),
+                "yielded": lambda step: work.panel and work.panel._on_result(step),
+                "errored": lambda exc: work.panel and work.panel._on_error(exc),
+                "aborted": lambda: work.panel and work.panel._on_aborted(),
+                "finished": lambda: work.panel and work.panel._on_finished(),
             },
         )
         self._update_buttons()
@@ -1011,6 +1011,8 @@ class SegmentationPanel(QWidget):
             time.sleep(0.01)  # the worker finishes its slice meanwhile (sleep releases the GIL)
         # its loop has ended; let its run() return and release the pool's thread as well
         QThreadPool.globalInstance().waitForDone(2000)
+        if self.work.panel is self:  # its signals still queued must not reach deleted widgets
+            self.work.panel = None
         return not worker.is_running
 
     @property
