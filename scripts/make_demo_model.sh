@@ -10,8 +10,9 @@
 #      held-out volumes every 250 steps (1 s a step).
 # The checkpoint with the best validation Dice is exported in bfloat16. About an hour on an
 # otherwise idle 2-core CPU; anything else running on the CPU slows it a lot.
-# Status (docs/training.md, run 3): run end to end it did not give a usable model (validation
-# Dice 0.36; the sample volume's organs are not segmented), so no weights ship yet.
+# Status (docs/training.md): run 3 (this recipe, one clip a step) did not give a usable model
+# (validation Dice 0.36); run 4's image stage with --batch 4 segments single slices (held-out
+# box Dice 0.69) but its clip stage was cut short (0.39). No weights ship yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/demo}"
