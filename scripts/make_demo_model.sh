@@ -5,9 +5,9 @@
 # blobs are objects too, so that the prompt decides what to segment) in two stages, as SAM-2
 # itself is trained (images first, then videos):
 #   1. single slices (clips of 1): a box or a click, then 2 simulated correction clicks, so the
-#      encoder and mask decoder learn to segment a prompted object (0.18 s a step);
+#      encoder and mask decoder learn to segment a prompted object (4 clips a step, 0.7 s);
 #   2. clips of 8 slices tracked with memory from the first slice's prompt, validated on 4
-#      held-out volumes every 250 steps (1 s a step).
+#      held-out volumes every 100 steps (4 clips a step, 4-5 s).
 # The checkpoint with the best validation Dice is exported in bfloat16. About an hour on an
 # otherwise idle 2-core CPU; anything else running on the CPU slows it a lot.
 # Status (docs/training.md): run 3 (this recipe, one clip a step) did not give a usable model
@@ -17,12 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/demo}"
 COMMON=(--synthetic 300 --synthetic-distractors --train all --grad-clip 1.0 --weight-decay 0.05 --loss-weights dice=20 --seed 0 --device cpu)
-.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model demo --from-scratch \
-  --clip-length 1 --steps 6000 --lr 8e-4 --prompt-probs box=0.6,click=0.4 \
-  --correction-frames 1 --correction-clicks 2 --val-every 0 --save-every 500 --out "$OUT/image"
-.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model "$OUT/image/model.safetensors" --sample-volumes 30 \
-  --clip-length 8 --steps 1500 --lr 2e-4 --prompt-probs box=0.6,click=0.2,mask=0.2 \
-  --val-every 250 --save-every 250 --out "$OUT/video"
+.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model demo --from-scratch --sample-volumes 30 --batch 4 \
+  --clip-length 1 --steps 1500 --lr 4e-4 --prompt-probs box=0.6,click=0.4 \
+  --correction-frames 1 --correction-clicks 2 --val-every 0 --save-every 250 --out "$OUT/image"
+.venv/bin/python -m napari_samed2.train "${COMMON[@]}" --model "$OUT/image/model.safetensors" --sample-volumes 30 --batch 4 \
+  --clip-length 8 --steps 400 --lr 2e-4 --prompt-probs box=0.6,click=0.2,mask=0.2 \
+  --val-every 100 --save-every 100 --out "$OUT/video"
 mkdir -p src/napari_samed2/models/weights
 .venv/bin/python -c "
 import sys
