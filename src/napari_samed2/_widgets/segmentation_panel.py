@@ -336,7 +336,8 @@ class SegmentationPanel(QWidget):
                 event.connect(self._layers_changed)
             napari_viewer.layers.events.removed.connect(self._layer_removed)
             window = getattr(napari_viewer.window, "_qt_window", None)
-            if window is not None:
+            window = getattr(window, "__wrapped__", window)  # a plugin's viewer is napari's proxy
+            if isinstance(window, QObject):
                 self._close_watcher = _CloseWatcher(self.shutdown, window)
                 window.installEventFilter(self._close_watcher)
         self.image_choice.changed.connect(self._image_changed)
