@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -228,7 +229,9 @@ class EmbeddingCache:
         from safetensors.torch import save_file
 
         path = self._path(key)
-        partial = path.with_suffix(".partial")
+        # a name of its own: processes embedding a cohort into one folder may write the same
+        # key at once (identical slices), and must not write into each other's file
+        partial = path.with_name(f"{key}.{uuid.uuid4().hex[:8]}.partial")
         try:
             save_file({str(i): f.detach().contiguous().cpu() for i, f in enumerate(features)}, str(partial))
             partial.replace(path)  # never leave a half-written file under a valid key
