@@ -18,6 +18,17 @@ TEST_IMAGE_SIZE = 256
 TEST_DEVICE = os.environ.get("NAPARI_SAMED2_TEST_DEVICE", "cpu")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_embeddings_folder(tmp_path_factory):
+    """Sessions read precomputed embeddings from the user's cache folder and the cohort
+    commands write there: the tests use a folder of their own (cohort workers inherit it)."""
+    from napari_samed2.engine.embedding_cache import CACHE_DIR_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("embeddings")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from napari_samed2.models.random_weights import save_random_checkpoint

@@ -85,3 +85,13 @@ class OutputFolderError(SamEd2Error, OSError):
 
 class HistoryError(SamEd2Error, RuntimeError):
     """An undo or redo that cannot run now: a propagation or a GUI job is still in progress."""
+
+
+class CohortError(SamEd2Error, ValueError):
+    """A cohort that cannot be run as given: a CSV without an image column, two volumes of one
+    name, a folder without images, settings the cohort tools refuse (checked before any work)."""
+
+
+class PromptFileError(SamEd2Error, ValueError):
+    """A prompt file that cannot be used: not JSON, neither the session format nor the
+    simple prompts format, or prompts that do not fit the volume they are for."""

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_samed2.errors import ImageFileError, LabelError, SamEd2Error, VolumeError
-from napari_samed2.evaluation import EvalCase, SpacingAssumedWarning, find_pairs, pairs_from_arguments
+from napari_samed2.evaluation import EvalCase, SpacingAssumedWarning, find_images, find_pairs, pairs_from_arguments
 
 
 def volume_pair(shape=(6, 16, 20)):
@@ -119,3 +119,29 @@ def test_folders_of_pairs_in_both_conventions(tmp_path):
         pairs_from_arguments([flat / "a_image.nii.gz"])
     with pytest.raises(ImageFileError, match="followed by the folder"):
         pairs_from_arguments([flat / "a_image.nii.gz", nnunet, flat / "a_seg.nii.gz"])
+
+
+def test_find_images_makes_labels_optional(tmp_path):
+    image, label = volume_pair()
+    tagged = tmp_path / "tagged"
+    tagged.mkdir()
+    write_nifti(tagged / "a_image.nii.gz", image, (1, 1, 1), np.float32)
+    write_nifti(tagged / "a_seg.nii.gz", label, (1, 1, 1), np.uint8)
+    write_nifti(tagged / "b_image.nii.gz", image, (1, 1, 1), np.float32)
+    assert [(i.name, lb and lb.name) for i, lb in find_images(tagged)] == [
+        ("a_image.nii.gz", "a_seg.nii.gz"), ("b_image.nii.gz", None)
+    ]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("scan2.nii.gz", "scan1.nii.gz", "scan1_label.nii.gz"):
+        write_nifti(plain / name, image, (1, 1, 1), np.float32)
+    (plain / "notes.txt").write_text("not a volume")
+    assert [(i.name, lb and lb.name) for i, lb in find_images(plain)] == [
+        ("scan1.nii.gz", "scan1_label.nii.gz"), ("scan2.nii.gz", None)
+    ]
+    nnunet = tmp_path / "nnunet"
+    (nnunet / "imagesTs").mkdir(parents=True)
+    write_nifti(nnunet / "imagesTs" / "liver_007_0000.nii.gz", image, (1, 1, 1), np.float32)
+    assert find_images(nnunet) == [(nnunet / "imagesTs" / "liver_007_0000.nii.gz", None)]
+    with pytest.raises(ImageFileError, match="not a folder"):
+        find_images(tmp_path / "missing")

@@ -16,14 +16,22 @@ The disk is a convenience, never a requirement: a folder that cannot be written 
 read-only, full) switches writing off with one :class:`EmbeddingCacheWarning`, after which
 evicted features are re-encoded when needed; a file that does not read back (truncated by a
 crash, damaged, from another version) is deleted and its features recomputed.
+
+A cache can also read ``shared`` folders it never writes to: :func:`default_cache_dir` is
+where ``python -m napari_samed2.cohort embed`` stores a cohort's embeddings and where a
+:class:`~napari_samed2.engine.session.Session` made without a cache looks, so a volume
+embedded overnight opens without running the image encoder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
+import uuid
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,23 @@ from safetensors import SafetensorError
 DEFAULT_MEMORY_BYTES = 256 * 2**20
 MAX_WRITES_IN_FLIGHT = 4
 _DISK_ERRORS = (OSError, SafetensorError)
+CACHE_DIR_ENV = "NAPARI_SAMED2_EMBEDDINGS"
+
+
+def default_cache_dir() -> Path:
+    """The folder for embeddings kept across sessions: ``$NAPARI_SAMED2_EMBEDDINGS``, else
+    ``napari-samed2/embeddings`` in the user's cache folder (``$XDG_CACHE_HOME``, ``~/.cache``).
+
+    One place that the cohort tools write and every session reads, so that what was
+    precomputed is found without anyone passing a path around. Files are keyed by the
+    frame's content and the model's signature, so one folder serves any number of volumes
+    and models; delete it to reclaim the space.
+    """
+    configured = os.environ.get(CACHE_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "napari-samed2" / "embeddings"
 
 
 class EmbeddingCacheWarning(UserWarning):
@@ -55,9 +80,16 @@ class EmbeddingCache:
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
         directory: str | Path | None = None,
         background_writes: bool | None = None,
+        shared: str | Path | Sequence[str | Path] | None = None,
     ):
-        """``background_writes``: None writes from a thread only features that are not on the CPU."""
+        """``background_writes``: None writes from a thread only features that are not on the CPU.
+        ``shared``: folders read, never written or cleaned, for features this cache does not
+        hold (embeddings precomputed by ``cohort embed``); a folder that does not exist is
+        simply empty."""
         self.memory_bytes = memory_bytes
+        if isinstance(shared, str | Path):
+            shared = [shared]
+        self.shared = tuple(Path(p).expanduser() for p in shared or ())
         self.background_writes = background_writes
         self.persistent = directory is not None
         self._tmp = (
@@ -84,8 +116,15 @@ class EmbeddingCache:
         return self.directory / f"{key}.safetensors"
 
     def _stored(self, key: str) -> bool:
-        """On disk, or on its way there."""
-        return key in self._writing or self._path(key).exists()
+        """On disk (in a shared folder too), or on its way there."""
+        return key in self._writing or self._path(key).exists() or self._shared_path(key) is not None
+
+    def _shared_path(self, key: str) -> Path | None:
+        for folder in self.shared:
+            path = folder / f"{key}.safetensors"
+            if folder != self.directory and path.exists():
+                return path
+        return None
 
     def get(self, key: str, device: torch.device | str = "cpu") -> list[torch.Tensor] | None:
         if key in self._memory:
@@ -98,6 +137,8 @@ class EmbeddingCache:
             self._remember(key, features)
             return features
         features = self._read(key, device)
+        if features is None:
+            features = self._read_shared(key, device)
         if features is not None:
             self.stats.disk_hits += 1
             self._remember(key, features)
@@ -108,28 +149,35 @@ class EmbeddingCache:
     def _read(self, key: str, device: torch.device | str) -> list[torch.Tensor] | None:
         """The features stored for ``key``, or None; a file that does not read back as
         features ``"0"``..``"n-1"`` is deleted (once warned about), so it is recomputed."""
-        from safetensors.torch import load_file
-
         path = self._path(key)
         if not path.exists():
             return None
         try:
-            stored = load_file(str(path), device=str(device))
-            if not stored or set(stored) != {str(i) for i in range(len(stored))}:
-                raise ValueError(f"it holds tensors {sorted(stored)}, not features 0..n-1")
+            return _load_features(path, device)
         except (*_DISK_ERRORS, ValueError) as exc:
             with contextlib.suppress(OSError):  # a read-only folder keeps it: read and refused again
                 path.unlink()
-            if not self._warned_unreadable:
-                self._warned_unreadable = True
-                warnings.warn(
-                    f"the embedding cache deleted {path.name} from {self.directory}, which does not read "
-                    f"back ({exc}), and recomputes it; other damaged files are replaced silently",
-                    EmbeddingCacheWarning,
-                    stacklevel=3,
-                )
+            self._warn_unreadable(f"the embedding cache deleted {path.name} from {self.directory}, which does not "
+                                  f"read back ({exc}), and recomputes it; other damaged files are replaced silently")
             return None
-        return [stored[str(i)] for i in range(len(stored))]
+
+    def _read_shared(self, key: str, device: torch.device | str) -> list[torch.Tensor] | None:
+        """The features for ``key`` in a shared folder, or None; a file there that does not
+        read back is left alone (the folder is not this cache's) and the frame recomputed."""
+        path = self._shared_path(key)
+        if path is None:
+            return None
+        try:
+            return _load_features(path, device)
+        except (*_DISK_ERRORS, ValueError) as exc:
+            self._warn_unreadable(f"the shared embedding file {path} does not read back ({exc}); its frame is "
+                                  "recomputed. Run the cohort's embed command again to replace it.")
+            return None
+
+    def _warn_unreadable(self, message: str) -> None:
+        if not self._warned_unreadable:
+            self._warned_unreadable = True
+            warnings.warn(message, EmbeddingCacheWarning, stacklevel=4)
 
     def put(self, key: str, features: list[torch.Tensor]) -> None:
         if self.persistent:
@@ -181,7 +229,9 @@ class EmbeddingCache:
         from safetensors.torch import save_file
 
         path = self._path(key)
-        partial = path.with_suffix(".partial")
+        # a name of its own: processes embedding a cohort into one folder may write the same
+        # key at once (identical slices), and must not write into each other's file
+        partial = path.with_name(f"{key}.{uuid.uuid4().hex[:8]}.partial")
         try:
             save_file({str(i): f.detach().contiguous().cpu() for i, f in enumerate(features)}, str(partial))
             partial.replace(path)  # never leave a half-written file under a valid key
@@ -222,6 +272,16 @@ class EmbeddingCache:
         self._used = 0
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _load_features(path: Path, device: torch.device | str) -> list[torch.Tensor]:
+    """Features ``"0"``..``"n-1"`` from a safetensors file (ValueError for any other content)."""
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path), device=str(device))
+    if not stored or set(stored) != {str(i) for i in range(len(stored))}:
+        raise ValueError(f"it holds tensors {sorted(stored)}, not features 0..n-1")
+    return [stored[str(i)] for i in range(len(stored))]
 
 
 def _nbytes(features: list[torch.Tensor]) -> int:

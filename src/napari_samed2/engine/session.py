@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_samed2.engine.embedding_cache import EmbeddingCache
+from napari_samed2.engine.embedding_cache import EmbeddingCache, default_cache_dir
 from napari_samed2.engine.heap import release_freed_memory
 from napari_samed2.engine.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_STEPS, History, Recorder, Rewind, Step
 from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, memory_tokens
@@ -44,7 +44,13 @@ from napari_samed2.engine.memory import (
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
 from napari_samed2.engine.saved import consistent, read_pair, write_pair
-from napari_samed2.engine.step import Features, encode_prompt_memory, features_from_backbone, track_step
+from napari_samed2.engine.step import (
+    Features,
+    encode_prompt_memory,
+    features_from_backbone,
+    position_encodings,
+    track_step,
+)
 from napari_samed2.engine.volume import Volume, as_volume, frame_number
 from napari_samed2.errors import HistoryError, ObjectError, PromptError, SavedStateError, SessionError, VolumeError
 from napari_samed2.models.loading import LoadedModel
@@ -71,6 +77,9 @@ class Session:
     ``library_k`` best matching confirmed memories of earlier cases join each tracked frame's
     memory; they are listed with negative frame numbers (``-1 - library index``).
     ``undo_steps`` and ``undo_bytes`` bound the undo history (``undo_steps=0``: none).
+    Without a ``cache``, image features live in memory and a temporary folder, and those
+    already in :func:`~napari_samed2.engine.embedding_cache.default_cache_dir` (where
+    ``python -m napari_samed2.cohort embed`` puts a cohort's) are read from there.
     """
 
     def __init__(
@@ -100,7 +109,7 @@ class Session:
         self.library = library
         self.library_k = library_k
         self._paired = has_temporal_adapters(model.sam)
-        self.cache = cache if cache is not None else EmbeddingCache()
+        self.cache = cache if cache is not None else EmbeddingCache(shared=default_cache_dir())
         self.memories: dict[int, ObjectMemory] = {}
         self.prompts: dict[int, dict[int, FramePrompt]] = {}
         self.stale: dict[int, set[int]] = {}
@@ -516,9 +525,11 @@ class Session:
         encoded two at a time, (0, 1), (2, 3), ...; a last odd frame is paired with itself.
         """
         sam = self.model.sam
-        key = self._cache_key(frame)
+        key = self.cache_key(frame)
         fpn = self.cache.get(key, self.model.device)
-        if fpn is None or self._pos_embeds is None:
+        if fpn is not None and self._pos_embeds is None:
+            self._pos_embeds = [p[:1] for p in position_encodings(sam, fpn)]
+        if fpn is None:
             frames = [frame]
             if self._paired:
                 first = frame - frame % PAIR
@@ -529,13 +540,29 @@ class Session:
             self._pos_embeds = [p[:1] for p in backbone["vision_pos_enc"]]
             for i, f in enumerate(frames):
                 features = [level[i : i + 1].clone() for level in backbone["backbone_fpn"]]
-                self.cache.put(self._cache_key(f), features)
+                self.cache.put(self.cache_key(f), features)
                 if f == frame:
                     fpn = features
             self.frames_encoded += len(set(frames))
         return features_from_backbone(sam, fpn, self._pos_embeds)
 
-    def _cache_key(self, frame: int) -> str:
+    def encode(self, frames: Iterable[int] | None = None) -> Iterator[int]:
+        """Put the image features of ``frames`` (default: every frame) into the cache,
+        yielding each frame once it is there; frames already cached are not read back.
+        With a persistent cache this is what makes a later session on the volume instant
+        (``python -m napari_samed2.cohort embed`` runs it over a cohort)."""
+        frames = range(len(self.volume)) if frames is None else frames
+        for frame in frames:
+            frame = self._check_frame(frame)
+            if self.cache_key(frame) not in self.cache:
+                with self.lock, self.model.inference():
+                    self._features(frame)
+            yield frame
+
+    def cache_key(self, frame: int) -> str:
+        """The embedding-cache key of ``frame``'s features: the model's signature and a
+        digest of the frame's content and normalisation (and of its partner slice's, for
+        SAMed-2's paired encoder)."""
         key = f"{self._model_key}-{self.volume.frame_key(frame)}"
         if self._paired:  # a slice's features depend on its partner's content too
             partner = min(frame ^ 1, len(self.volume) - 1)

@@ -40,6 +40,15 @@ def features_from_backbone(sam, backbone_fpn: Sequence[torch.Tensor], vision_pos
     return Features(feats, pos, sizes)
 
 
+def position_encodings(sam, backbone_fpn: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The position encodings sam2's FPN neck gives feature maps of these sizes (its
+    ``vision_pos_enc``): a sine encoding of the grid, cast to the features' dtype, the same
+    for every frame. Features read from the embedding cache therefore need no image-encoder
+    run to get them, so a session on an embedded volume encodes nothing at all."""
+    encode = sam.image_encoder.neck.position_encoding
+    return [encode(level).to(level.dtype) for level in backbone_fpn]
+
+
 def encode_images(sam, images: torch.Tensor) -> list[Features]:
     """Run the image encoder on a batch of model-ready frames ``[B, 3, S, S]``, one
     :class:`Features` per frame. Gradients flow if the caller's grad mode allows them."""

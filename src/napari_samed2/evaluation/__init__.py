@@ -14,7 +14,13 @@ from pathlib import Path
 
 from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.errors import ExistingFileError
-from napari_samed2.evaluation.cases import EvalCase, SpacingAssumedWarning, find_pairs, pairs_from_arguments
+from napari_samed2.evaluation.cases import (
+    EvalCase,
+    SpacingAssumedWarning,
+    find_images,
+    find_pairs,
+    pairs_from_arguments,
+)
 from napari_samed2.evaluation.metrics import clicks_to_reach, curve_auc, dice, normalized_surface_dice
 from napari_samed2.evaluation.protocol import POLICIES, EvalProtocol, StepRecord, run_case
 from napari_samed2.io._files import check_writable
@@ -43,6 +49,7 @@ __all__ = [
     "dice",
     "evaluate",
     "evaluate_cases",
+    "find_images",
     "find_pairs",
     "normalized_surface_dice",
     "pairs_from_arguments",

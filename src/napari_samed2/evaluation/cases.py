@@ -24,6 +24,7 @@ _MM_PER_UNIT = {"mm": 1.0, "µm": 1e-3, "nm": 1e-6, "cm": 10.0, "m": 1000.0}
 # Pairs in one folder: "<name>_image.nii.gz" + "<name>_label.nii.gz" (also img/seg/mask spellings).
 _IMAGE_TAG = re.compile(r"^(?P<case>.+?)[_-](image|img)$", re.IGNORECASE)
 _LABEL_TAGS = ("label", "labels", "seg", "mask", "gt")
+_LABEL_NAME = re.compile(rf"^.+[_-]({'|'.join(_LABEL_TAGS)})$", re.IGNORECASE)
 # ... or nnU-Net / Medical Segmentation Decathlon folders: same file names in two subfolders.
 _SUBFOLDERS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"), ("images", "labels"))
 
@@ -66,7 +67,7 @@ class EvalCase:
         """Read a NIfTI or TIFF pair with the plugin's readers (same orientation for both)."""
         image, scale, unit = read_volume(image_path, "image")
         label, _, _ = read_volume(label_path, "label")
-        name = name or _case_name(Path(image_path))
+        name = name or case_name(Path(image_path))
         assumed = unit is None
         if assumed:
             warnings.warn(
@@ -121,36 +122,77 @@ class EvalCase:
 def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     """Image/label pairs in ``folder``: ``imagesTr``+``labelsTr`` (or ``images``+``labels``)
     subfolders holding the same file names, or ``<case>_image.*`` beside ``<case>_label.*``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ImageFileError(f"{folder} is not a folder; give IMAGE LABEL pairs or a folder of them")
+    folder = _folder(folder)
     for images, labels in _SUBFOLDERS:
         if (folder / images).is_dir() and (folder / labels).is_dir():
-            pairs = []
-            for image in sorted(_volume_files(folder / images)):
-                label = folder / labels / _strip_channel(image.name)
-                if not label.exists():
-                    raise ImageFileError(f"{image} has no label file {label}; add it or remove the image")
-                pairs.append((image, label))
+            pairs = list(_subfolder_images(folder / images, folder / labels, labels_required=True))
             if pairs:
                 return pairs
-    pairs = []
-    for image in sorted(_volume_files(folder)):
-        stem, suffix = split_suffix(image)
-        match = _IMAGE_TAG.match(stem)
-        if not match:
-            continue
-        candidates = [folder / f"{match['case']}{sep}{tag}{suffix}" for tag in _LABEL_TAGS for sep in "_-"]
-        label = next((c for c in candidates if c.exists()), None)
-        if label is None:
-            raise ImageFileError(f"{image.name} has no label file beside it (e.g. {candidates[0].name})")
-        pairs.append((image, label))
+    pairs = list(_tagged_images(folder, labels_required=True))
     if not pairs:
         raise ImageFileError(
             f"no image/label pairs in {folder}: name them <case>_image{NIFTI_SUFFIXES[0]} and "
             f"<case>_label{NIFTI_SUFFIXES[0]}, or put them in images/ and labels/ subfolders with equal names"
         )
     return pairs
+
+
+def find_images(folder: str | Path) -> list[tuple[Path, Path | None]]:
+    """Every image in ``folder`` with its label file, or ``None`` where it has none: the
+    layouts of :func:`find_pairs` with labels optional (an ``images`` subfolder alone will
+    do), else every NIfTI or TIFF file not named like a label (``*_label``, ``*_seg``...),
+    with a label beside it when there is one. A cohort is often images only."""
+    folder = _folder(folder)
+    for images, labels in _SUBFOLDERS:
+        if (folder / images).is_dir():
+            found = list(_subfolder_images(folder / images, folder / labels, labels_required=False))
+            if found:
+                return found
+    found = list(_tagged_images(folder, labels_required=False))
+    if found:
+        return found
+    return [
+        (path, _label_beside(folder, split_suffix(path)[0], split_suffix(path)[1]))
+        for path in sorted(_volume_files(folder))
+        if not _LABEL_NAME.match(split_suffix(path)[0])
+    ]
+
+
+def _folder(folder: str | Path) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageFileError(f"{folder} is not a folder; give IMAGE LABEL pairs or a folder of them")
+    return folder
+
+
+def _subfolder_images(images: Path, labels: Path, *, labels_required: bool) -> Iterable[tuple[Path, Path | None]]:
+    """Images in an ``images`` subfolder, each with the same-named file in ``labels``."""
+    for image in sorted(_volume_files(images)):
+        label = labels / _strip_channel(image.name)
+        if not label.exists():
+            if labels_required:
+                raise ImageFileError(f"{image} has no label file {label}; add it or remove the image")
+            label = None
+        yield image, label
+
+
+def _tagged_images(folder: Path, *, labels_required: bool) -> Iterable[tuple[Path, Path | None]]:
+    """``<case>_image.*`` files, each with ``<case>_label.*`` (or _seg, _mask...) beside it."""
+    for image in sorted(_volume_files(folder)):
+        stem, suffix = split_suffix(image)
+        match = _IMAGE_TAG.match(stem)
+        if not match:
+            continue
+        label = _label_beside(folder, match["case"], suffix)
+        if label is None and labels_required:
+            example = f"{match['case']}_{_LABEL_TAGS[0]}{suffix}"
+            raise ImageFileError(f"{image.name} has no label file beside it (e.g. {example})")
+        yield image, label
+
+
+def _label_beside(folder: Path, case: str, suffix: str) -> Path | None:
+    candidates = (folder / f"{case}{sep}{tag}{suffix}" for tag in _LABEL_TAGS for sep in "_-")
+    return next((c for c in candidates if c.exists()), None)
 
 
 def pairs_from_arguments(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -203,7 +245,8 @@ def _strip_channel(name: str) -> str:
     return re.sub(r"_\d{4}(\.[^_]+)$", r"\1", name)
 
 
-def _case_name(image_path: Path) -> str:
+def case_name(image_path: Path) -> str:
+    """The case an image file is of: ``brain_001`` for ``brain_001_image.nii.gz``."""
     stem = split_suffix(image_path)[0]
     match = _IMAGE_TAG.match(stem)
     return match["case"] if match else stem
