@@ -307,6 +307,29 @@ def test_the_offer_does_not_block(panel, qtbot):
     assert "1 slices updated" in message and list(panel.session.prompts[1]) == [4]
 
 
+# prompts for a cohort --------------------------------------------------------------------
+def test_the_prompts_export_as_a_cohort_prompts_file(panel, qtbot, tmp_path):
+    from napari_samed2.cohort.prompts import read_prompts
+
+    assert not panel.export_prompts(tmp_path / "none.json") and "No prompts" in panel.status.text()
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    panel.add_object()
+    _run(panel, qtbot, _click, panel, 2, 6, 6)
+    _run(panel, qtbot, _click, panel, 2, 9, 9, False)
+    assert panel.export_prompts(tmp_path / "mr.json") and "Exported the prompts" in panel.status.text()
+    read = read_prompts(tmp_path / "mr.json")
+    assert read.shape == panel.session.volume.shape
+    assert sorted(read.objects) == [1, 2] and list(read.objects[2]) == [2]
+    for object_id, frames in panel.session.prompts.items():
+        for frame, prompt in frames.items():
+            np.testing.assert_allclose(read.objects[object_id][frame].points, prompt.points)
+            np.testing.assert_array_equal(read.objects[object_id][frame].labels, prompt.labels)
+    # a file named by a script is not replaced
+    before = (tmp_path / "mr.json").read_bytes()
+    assert not panel.export_prompts(tmp_path / "mr.json") and "Could not export" in panel.status.text()
+    assert (tmp_path / "mr.json").read_bytes() == before
+
+
 # memory library --------------------------------------------------------------------------
 def test_the_memory_library_add_save_load_and_undo(panel, qtbot, make_napari_viewer, tmp_path):
     panel.direction_choice.setCurrentText("forward")

@@ -301,6 +301,12 @@ class SegmentationPanel(QWidget):
         self.open_session_button = QPushButton("Open session...")
         self.open_session_button.setToolTip("Resume a saved session on the chosen image, with the model it was saved with")
         self.open_session_button.clicked.connect(lambda: self.open_session())
+        self.export_prompts_button = QPushButton("Export prompts...")
+        self.export_prompts_button.setToolTip(
+            "Write the boxes and clicks as a prompts file (JSON) that python -m napari_samed2.cohort segment runs "
+            "again, with any model or memory policy"
+        )
+        self.export_prompts_button.clicked.connect(lambda: self.export_prompts())
         self.autosave_check = QCheckBox("Autosave after each step")
         self.autosave_check.setToolTip(
             "Save the session after each click, propagation, pin, eviction or undo: next to the image file when "
@@ -433,6 +439,7 @@ class SegmentationPanel(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.save_session_button)
         row.addWidget(self.open_session_button)
+        row.addWidget(self.export_prompts_button)
         form.addRow(row)
         form.addRow(self.autosave_check)
         form.addRow(self.autosave_status)
@@ -1182,6 +1189,32 @@ class SegmentationPanel(QWidget):
         self._say(f"Saved the session in {written} ({_summary(self.session)}); Open session... resumes it.")
         return True
 
+    def export_prompts(self, path: str | os.PathLike | None = None) -> bool:
+        """Write the session's boxes and clicks as a cohort prompts file (asked for with a save
+        dialog when not given), for ``cohort segment`` to run again on the image with any model
+        or policy. A file given by a script is never replaced (the dialog asks first)."""
+        from napari_samed2.cohort.prompts import export_prompts  # the cohort package brings in dask
+
+        if self.session is None or not any(self.session.prompts.values()):
+            self._say("No prompts to export yet: press New segmentation, then click on an object or draw a box.")
+            return False
+        overwrite = path is None
+        if path is None:
+            suggestion = self._dialog_folder() / f"{self.state.image_layer.name}.json"
+            path, _ = QFileDialog.getSaveFileName(self, "Export the prompts as", str(suggestion), "Prompts (*.json)")
+            if not path:
+                return False
+        try:
+            written = export_prompts(self.session, path, overwrite=overwrite)
+        except (SamEd2Error, OSError) as exc:
+            self._say(f"Could not export the prompts: {exc}")
+            return False
+        self._say(
+            f"Exported the prompts ({_summary(self.session)}) to {written}. For a cohort, put it in the cohort's "
+            "prompts/ folder named after the image: python -m napari_samed2.cohort segment runs it."
+        )
+        return True
+
     def open_session(self, folder: str | os.PathLike | None = None) -> bool:
         """Resume a saved session (asked for with a folder dialog when not given) on the chosen
         image with the loaded model: its objects, prompts (drawn in new prompt layers), memory
@@ -1567,7 +1600,7 @@ class SegmentationPanel(QWidget):
         self.start_button.setEnabled(self.state.model is not None and self.image_choice.value is not None)
         self.open_session_button.setEnabled(self.start_button.isEnabled() and not busy)
         for button in (self.add_object_button, self.delete_object_button, self.use_mask_button,
-                       self.save_session_button):
+                       self.save_session_button, self.export_prompts_button):
             button.setEnabled(has_session)
         self.add_case_button.setEnabled(has_session and not busy)
         self.save_library_button.setEnabled(self.state.library is not None)
