@@ -103,7 +103,7 @@ def test_retrieval_ranks_by_similarity_and_replay_draws_only_the_top_cases(model
     assert sum(isinstance(c, ReplayClip) for c in clips) == 3  # one clip of two per step
     assert [r.name for r in progress[-1].result.retrieved] == ["nearest", "near"]
     reopened = CaseStore.open(tmp_path / "store")
-    uses = {row.name: row.uses for row in reopened._rows}
+    uses = {row.name: row.uses for row in reopened.records}
     assert uses == {"near": 1, "far": 0, "nearest": 1, "opposite": 0, "case 0": 0}
     assert ids["far"] in reopened.ids
 
@@ -182,7 +182,7 @@ def test_cancelled_adaptation_leaves_the_current_model_in_place(model, tmp_path)
     assert all(torch.equal(before[k], v) for k, v in model.sam.state_dict().items())
     assert model.signature == signature
     assert ModelVersions(tmp_path / "versions").list() == []
-    assert [row.uses for row in CaseStore.open(tmp_path / "store")._rows] == [0]
+    assert [row.uses for row in CaseStore.open(tmp_path / "store").records] == [0]
 
 
 def test_distillation_granularity_follows_the_retrieval_distance(model, tmp_path, monkeypatch):

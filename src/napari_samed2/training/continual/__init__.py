@@ -11,8 +11,8 @@ tasks are the user's confirmed volumes, in the order they are confirmed.
   ``load_model(version file)`` loads one.
 
 What adapts: low-rank adapters (rank 4) on the q/k/v/out projections of memory attention and
-of the mask decoder's transformer, trained on a copy of the model. They are small (about
-2 % of the demo model), cheap to train, and leave the image encoder alone, so image features
+of the mask decoder's transformer, trained on a copy of the model. They are small (39 k
+parameters, 1 % of the demo model), cheap to train, and leave the image encoder alone, so image features
 are computed once per slice and reused by every step (and case fingerprints stay comparable
 across versions). At the end the adapters are merged and only the changed weights are saved.
 
@@ -61,6 +61,7 @@ from napari_samed2.training.continual.adapt import (
 )
 from napari_samed2.training.continual.cases import (
     CasePrompt,
+    CaseRecord,
     CaseStore,
     Confirmation,
     ConfirmedCase,
@@ -85,6 +86,7 @@ __all__ = [
     "AdaptProgress",
     "AdaptResult",
     "CasePrompt",
+    "CaseRecord",
     "CaseStore",
     "Confirmation",
     "ConfirmedCase",

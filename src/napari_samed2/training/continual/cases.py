@@ -211,7 +211,9 @@ class Retrieved:
 
 
 @dataclass
-class _Row:
+class CaseRecord:
+    """What the index holds about a stored case (``uses``: times it was replayed)."""
+
     case_id: str
     name: str
     key: str
@@ -227,7 +229,7 @@ class _Row:
 class CaseStore:
     """Confirmed cases in a folder, bounded; open one with :meth:`open`."""
 
-    def __init__(self, folder: Path, rows: list[_Row], descriptors: dict[str, torch.Tensor], max_cases: int, max_bytes: int):
+    def __init__(self, folder: Path, rows: list[CaseRecord], descriptors: dict[str, torch.Tensor], max_cases: int, max_bytes: int):
         self.folder = folder
         self._rows = rows
         self._descriptors = descriptors
@@ -252,7 +254,7 @@ class CaseStore:
         with consistent(folder, "case store"):
             if document["format"] != FORMAT:
                 raise ValueError(f"format {document['format']!r}")
-            rows = [_Row(**row) for row in document["cases"]]
+            rows = [CaseRecord(**row) for row in document["cases"]]
             for row in rows:
                 row.spacing = tuple(row.spacing)
                 row.window = None if row.window is None else tuple(row.window)
@@ -269,6 +271,10 @@ class CaseStore:
         return len(self._rows)
 
     @property
+    def records(self) -> tuple[CaseRecord, ...]:
+        return tuple(self._rows)
+
+    @property
     def ids(self) -> list[str]:
         return [row.case_id for row in self._rows]
 
@@ -276,7 +282,7 @@ class CaseStore:
     def nbytes(self) -> int:
         return sum(row.nbytes for row in self._rows)
 
-    def _row(self, case_id: str) -> _Row:
+    def _row(self, case_id: str) -> CaseRecord:
         for row in self._rows:
             if row.case_id == case_id:
                 return row
@@ -313,7 +319,7 @@ class CaseStore:
         (self.folder / CASES).mkdir(parents=True, exist_ok=True)
         with replacing(self._case_file(case_id), overwrite=True) as partial:
             partial.write_bytes(save(tensors))
-        self._rows.append(_Row(case_id, case.name, case.key, number, 0, case.nbytes, case.spacing, case.window,
+        self._rows.append(CaseRecord(case_id, case.name, case.key, number, 0, case.nbytes, case.spacing, case.window,
                                case.first_slice, prompts))
         self._descriptors[case_id] = case.descriptor
         dropped = self._over_bounds(keep=case_id)
