@@ -49,7 +49,7 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
 
 def test_importing_training_loads_no_qt_or_napari():
     code = (
-        "import sys, napari_samed2.training, napari_samed2.train;"
+        "import sys, napari_samed2.training, napari_samed2.train, napari_samed2.training.continual;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('qtpy', 'napari', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

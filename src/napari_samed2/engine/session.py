@@ -680,6 +680,12 @@ class Session:
                     kept += 1
         return kept
 
+    def confirm(self, store, **options):
+        """The whole volume is right: see :func:`napari_samed2.training.continual.confirm`."""
+        from napari_samed2.training.continual import confirm
+
+        return confirm(self, store, **options)
+
     # saving ----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write prompts, memory entries (with their status) and tracking state to ``folder``

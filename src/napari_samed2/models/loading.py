@@ -24,6 +24,7 @@ from napari_samed2.models.checkpoint import (
     read_state_dict,
 )
 from napari_samed2.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
+from napari_samed2.models.versions import VERSION_FORMAT, load_version
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +244,17 @@ def load_model(
 
     A local file's architecture is guessed from its keys unless ``architecture`` names it or
     the file does: a training checkpoint (``.safetensors`` from :mod:`napari_samed2.training`)
-    carries its architecture and image size in its metadata. The file is checked against the
+    carries its architecture and image size in its metadata; a model version (from
+    :mod:`napari_samed2.training.continual`) loads its base and applies its changed tensors.
+    The file is checked against the
     architecture before loading, so a wrong file gives a message naming the missing and
     unexpected keys.
     """
     if looks_like_path(name_or_checkpoint):
         checkpoint = Path(name_or_checkpoint).expanduser()
         metadata = read_metadata(checkpoint)
+        if metadata.get("format") == VERSION_FORMAT:  # a continual adaptation's version: base + changes
+            return load_version(checkpoint, metadata, device=device, dtype=dtype, image_size=image_size, cache_dir=cache_dir)
         state_dict = read_state_dict(checkpoint)
         guess = metadata.get("architecture") or guess_architecture(state_dict, checkpoint.name)
         spec = get_spec(architecture or guess or DEFAULT_MODEL)

@@ -5,7 +5,10 @@ decoder and prompt encoder, with the heads around them: object-pointer projectio
 pointer, mask-prompt downsampler), ``memory_attention`` (with the memory's temporal and
 "no memory" embeddings), ``memory_encoder`` (with the no-object spatial embedding),
 ``memory`` (both memory parts), ``temporal_adapter`` (SAMed-2's adapters), ``lora`` (low-rank
-adapters on every Hiera attention's ``qkv`` and ``proj``) and ``all`` (every parameter of the
+adapters on every Hiera attention's ``qkv`` and ``proj``), ``lora_memory`` and ``lora_decoder``
+(low-rank adapters on the ``q/k/v/out`` projections of every memory-attention layer, and of the
+mask decoder's two-way transformer: small, and leave the image encoder, hence cached image
+features, untouched; continual adaptation uses them) and ``all`` (every parameter of the
 model; LoRA only if also named). Every model parameter belongs to exactly one of the four
 base parts, so ``all`` is their union.
 """
@@ -30,9 +33,17 @@ PARTS: dict[str, tuple[str, ...]] = {
     "memory_encoder": ("memory_encoder.", "no_obj_embed_spatial"),
 }
 GROUPS: dict[str, tuple[str, ...]] = {"memory": ("memory_attention", "memory_encoder"), "all": tuple(PARTS)}
-SPECIAL = ("temporal_adapter", "lora")
-TRAINABLE = tuple(sorted([*PARTS, *GROUPS, *SPECIAL]))
 LORA_TARGETS = ("qkv", "proj")
+_ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+#: Where low-rank adapters go, by module name: the prefix of the attention modules wrapped,
+#: and their linear projections.
+LORA_SITES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lora": ("image_encoder.trunk.blocks.", LORA_TARGETS),
+    "lora_memory": ("memory_attention.layers.", _ATTENTION_PROJECTIONS),
+    "lora_decoder": ("sam_mask_decoder.transformer.", _ATTENTION_PROJECTIONS),
+}
+SPECIAL = ("temporal_adapter", *LORA_SITES)
+TRAINABLE = tuple(sorted([*PARTS, *GROUPS, *SPECIAL]))
 
 
 def parse_modules(names: str | Iterable[str]) -> tuple[str, ...]:
@@ -126,8 +137,40 @@ def add_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None, targets:
     return wrapped
 
 
-def has_lora(sam: nn.Module) -> bool:
-    return any(isinstance(m, LoRALinear) for m in sam.modules())
+def add_lora_at(sam: nn.Module, site: str, rank: int = 4, alpha: float | None = None) -> list[str]:
+    """Wrap the projections of every attention module of ``site`` (a :data:`LORA_SITES` name)
+    in :class:`LoRALinear`. Returns the wrapped layers' names."""
+    if site == "lora":
+        return add_lora(sam, rank, alpha)
+    if site not in LORA_SITES:
+        raise TrainingError(f"unknown LoRA site {site!r}; the sites are {', '.join(LORA_SITES)}")
+    if not isinstance(rank, int) or rank < 1:
+        raise TrainingError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if has_lora(sam, site):
+        raise TrainingError(f"this model already has LoRA adapters at {site}")
+    prefix, projections = LORA_SITES[site]
+    attentions = [
+        (name, module) for name, module in sam.named_modules()
+        if name.startswith(prefix) and all(isinstance(getattr(module, p, None), nn.Linear) for p in projections)
+    ]
+    if not attentions:
+        raise TrainingError(f"this model has no attention layers with {'/'.join(projections)} under {prefix.rstrip('.')}")
+    wrapped = []
+    for name, module in attentions:
+        for projection in projections:
+            setattr(module, projection, LoRALinear(getattr(module, projection), rank, alpha))
+            wrapped.append(f"{name}.{projection}")
+    return wrapped
+
+
+def has_lora(sam: nn.Module, site: str | None = None) -> bool:
+    """Whether ``sam`` has LoRA adapters (at ``site``, a :data:`LORA_SITES` name, if given)."""
+    prefix = "" if site is None else LORA_SITES[site][0]
+    return any(isinstance(m, LoRALinear) and n.startswith(prefix) for n, m in sam.named_modules())
+
+
+def is_lora_of(parameter_name: str, site: str) -> bool:
+    return ".lora_" in parameter_name and parameter_name.startswith(LORA_SITES[site][0])
 
 
 def select_trainable(
@@ -141,13 +184,15 @@ def select_trainable(
             "temporal_adapter was asked to train but this model has no temporal adapters; they exist in "
             "SAMed-2 (--model samed2 or a SAMed-2 checkpoint). Choose other modules for this model."
         )
-    if "lora" in chosen and not has_lora(sam):
-        add_lora(sam, lora_rank, lora_alpha)
+    sites = [site for site in LORA_SITES if site in chosen]
+    for site in sites:
+        if not has_lora(sam, site):
+            add_lora_at(sam, site, lora_rank, lora_alpha)
     trainable = []
     for name, parameter in sam.named_parameters():
         wanted = (
             part_of(name) in chosen
-            or ("lora" in chosen and ".lora_" in name)
+            or any(is_lora_of(name, site) for site in sites)
             or ("temporal_adapter" in chosen and is_temporal_adapter(name))
         )
         parameter.requires_grad_(wanted)

@@ -7,6 +7,12 @@ As in SAM-2, the mask and IoU terms count only where the object is present (sam2
 mask logits to -1024 where the score says absent, so those frames train through the score),
 and with several candidate masks only the best one (lowest focal + Dice) is supervised, while
 the IoU head learns the IoU of every candidate.
+
+Continual adaptation adds two terms (:data:`CONTINUAL_TERMS`, weighted and logged like the
+others): ``distill``, the student's outputs or memory features against a frozen teacher's
+(:func:`output_distillation`, :func:`feature_distillation`), and ``anchor``, an
+importance-weighted penalty on the change of the adapted weights (see
+:mod:`napari_samed2.training.continual`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from napari_samed2.errors import TrainingError
 #: SAM-2's weights (``weight_dict`` of its training configs).
 LOSS_WEIGHTS: dict[str, float] = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "object_score": 1.0}
 LOSS_TERMS = tuple(LOSS_WEIGHTS)
+CONTINUAL_TERMS = ("distill", "anchor")
+_LOGIT_CLAMP = 32.0  # sam2 writes -1024 where the object is absent; KL needs finite logits
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -89,10 +97,39 @@ def mask_losses(
     }
 
 
+def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL divergence from the teacher's per-pixel Bernoulli to the student's (zero when
+    they agree, unlike a BCE against soft targets); logits clamped to +-32."""
+    s = student_logits.float().clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP)
+    t = teacher_logits.float().clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP)
+    p = t.sigmoid()
+    return (p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))).mean()
+
+
+def output_distillation(student, teacher) -> torch.Tensor:
+    """Output-level distillation of one frame (two ``StepOutput``): every candidate mask's
+    logits and the object score, as Bernoulli KL."""
+    return bernoulli_kl(student.low_res_multimasks, teacher.low_res_multimasks) + bernoulli_kl(
+        student.object_score, teacher.object_score
+    )
+
+
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``mean((s - t)^2) / mean(t^2)``: a feature distance that does not depend on the features' scale."""
+    teacher = teacher.float()
+    return (student.float() - teacher).pow(2).mean() / teacher.pow(2).mean().clamp(min=1e-8)
+
+
+def feature_distillation(student_memory: torch.Tensor, teacher_memory: torch.Tensor, student_ptr, teacher_ptr) -> torch.Tensor:
+    """Feature-level distillation of one frame: the memory features it leaves for later frames
+    (sam2's 64-channel mask memory) and its object pointer, each as :func:`relative_mse`."""
+    return relative_mse(student_memory, teacher_memory) + relative_mse(student_ptr, teacher_ptr)
+
+
 def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    unknown = sorted(set(weights) - set(LOSS_TERMS))
+    unknown = sorted(set(weights) - set(LOSS_TERMS) - set(CONTINUAL_TERMS))
     if unknown:
-        raise TrainingError(f"unknown loss terms {unknown}; the terms are {list(LOSS_TERMS)}")
+        raise TrainingError(f"unknown loss terms {unknown}; the terms are {[*LOSS_TERMS, *CONTINUAL_TERMS]}")
     merged = {**LOSS_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
     if any(v < 0 for v in merged.values()) or not any(merged.values()):
         raise TrainingError(f"loss weights must be >= 0 and not all zero, got {merged}")

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +174,7 @@ def forward_clip(
     rng: np.random.Generator | None = None,
     train_encoder: bool = False,
     memory_dtype: torch.dtype | None = None,
+    features: Sequence[Features] | None = None,
 ) -> ClipOutputs:
     """Track ``clip``'s object from its prompt on frame 0 through every frame.
 
@@ -182,6 +183,8 @@ def forward_clip(
     frame becomes a conditioning frame. Image features carry gradients only with
     ``train_encoder``. ``memory_dtype`` casts stored memory features (the engine keeps them
     in bfloat16; training keeps them as computed, so gradients flow through memory).
+    ``features``: each clip frame's image features, computed beforehand (a frozen encoder's,
+    reused over many steps, as continual adaptation does); by default they are computed here.
     """
     sam = model.sam
     device = model.device
@@ -199,7 +202,9 @@ def forward_clip(
     def store(maskmem: torch.Tensor | None) -> torch.Tensor | None:
         return maskmem if maskmem is None or memory_dtype is None else maskmem.to(memory_dtype)
 
-    features_iter = _frame_features(model, clip, has_temporal_adapters(sam))
+    if features is not None and len(features) != len(clip):
+        raise TrainingError(f"{len(features)} frames of features were given for a clip of {len(clip)} frames")
+    features_iter = enumerate(features) if features is not None else _frame_features(model, clip, has_temporal_adapters(sam))
     for frame in range(len(clip)):
         with grad_for_images:
             _, features = next(features_iter)
@@ -340,18 +345,32 @@ class Trainer:
             return torch.autocast("cuda", dtype=self.model.dtype)
         return contextlib.nullcontext()
 
-    def loss_on(self, clip: Clip) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The forward pass and loss terms on one clip (model mode and grad mode as set)."""
+    def correction_frames(self, clip: Clip) -> tuple[int, ...]:
+        """The clip frames that get simulated correction clicks: frame 0 and random others."""
         cfg = self.config
         others = np.arange(1, len(clip))
         extra = self.rng.choice(others, size=min(len(others), max(0, cfg.correction_frames - 1)), replace=False)
-        correct = tuple(sorted({0, *extra.tolist()})) if cfg.correction_frames and cfg.correction_clicks else ()
+        return tuple(sorted({0, *extra.tolist()})) if cfg.correction_frames and cfg.correction_clicks else ()
+
+    def clip_features(self, clip: Clip) -> list[Features] | None:
+        """The clip's image features if known beforehand (here never: :func:`forward_clip` encodes)."""
+        return None
+
+    def extra_terms(self, clip: Clip, outputs: ClipOutputs) -> dict[str, torch.Tensor]:
+        """Loss terms beyond sam2's (none here; continual adaptation adds its distillation)."""
+        return {}
+
+    def loss_on(self, clip: Clip) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The forward pass and loss terms on one clip (model mode and grad mode as set)."""
+        cfg = self.config
+        correct = self.correction_frames(clip)
         with self.autocast():
             outputs = forward_clip(
                 self.model, clip, policy=cfg.memory_policy, correct=correct, clicks=cfg.correction_clicks,
-                rng=self.rng, train_encoder=self.train_encoder,
+                rng=self.rng, train_encoder=self.train_encoder, features=self.clip_features(clip),
             )
             terms = clip_loss_terms(outputs, clip_targets(clip, self.model.image_size).to(self.model.device), cfg.loss_weights)
+            terms |= self.extra_terms(clip, outputs)
             total = combine(terms, cfg.loss_weights)
         return total, terms
 

@@ -1,0 +1,105 @@
+"""Continual adaptation: the model learns from every confirmed volume without forgetting.
+
+Our reading of "Forging a Dynamic Memory" (arXiv 2512.13072) for an annotation tool: the
+tasks are the user's confirmed volumes, in the order they are confirmed.
+
+* :func:`confirm` (``Session.confirm(store)``) adds the session's confident memories to its
+  memory library and the case (slices, masks, prompts, fingerprint) to a :class:`CaseStore`.
+* :func:`adapt` makes a new model version from a case, as a generator of
+  :class:`AdaptProgress` (the GUI runs it in a worker; stopping it early cancels).
+* :class:`ModelVersions` lists, loads, compares and rolls back versions;
+  ``load_model(version file)`` loads one.
+
+What adapts: low-rank adapters (rank 4) on the q/k/v/out projections of memory attention and
+of the mask decoder's transformer, trained on a copy of the model. They are small (39 k
+parameters, 1 % of the demo model), cheap to train, and leave the image encoder alone, so image features
+are computed once per slice and reused by every step (and case fingerprints stay comparable
+across versions). At the end the adapters are merged and only the changed weights are saved.
+
+The rule, per step (``batch`` clips, mode ``replay+distill``):
+
+1. **Retrieval.** The stored cases are ranked by the cosine similarity ``s`` of their
+   descriptor to the new case's; the ``top_k`` best (the new case itself excluded) are the
+   replay sources. ``round(batch * replay_ratio)`` clips (at most ``batch - 1``) come from a
+   source chosen uniformly among them, the rest from the new case. Replay clips are supervised
+   with their stored masks like the new case's, but get no correction clicks, so that the
+   teacher below sees exactly the inputs the student sees.
+2. **Granularity.** For a replay clip from a case of similarity ``s``:
+   ``w = clip((close - s) / (close - far), 0, 1)`` (defaults ``close=0.9``, ``far=0.7``) and
+   ``distill = (1 - w) * output-level + w * feature-level``, averaged over the clip's frames.
+   Output-level: Bernoulli KL from the teacher's to the student's mask logits (every
+   candidate) and object score. Feature-level: relative MSE (``|s - t|^2 / |t|^2``) of the
+   64-channel memory features each frame leaves for later frames and of its object pointer.
+   The teacher is the model before the update (the caller's model, frozen, ``no_grad``).
+   Why: near the earlier cases (close), the new case refines the same kind of image, and
+   holding only the outputs on the replayed clips keeps what the user saw while leaving the
+   internals free to improve; far from them (a new modality), the update moves the shared
+   representation a lot and a few output maps constrain it too weakly, so the intermediate
+   features the earlier cases are tracked with are held instead.
+3. **Importance.** Before the first step, a diagonal Fisher estimate of each adapted layer
+   (mean squared gradient of the task loss with respect to its frozen weight, on
+   ``fisher_clips`` replay clips of the earlier cases, divided by its mean over layers) gives
+   each layer's importance ``F_g``. The ``anchor`` term is
+   ``mean_g F_g * |dW_g|^2 / |W_g|^2``, ``dW_g`` the layer's LoRA update: EWC's penalty per
+   parameter group, scale-free, so layers the earlier cases depend on move least.
+4. **Loss.** sam2's terms on every clip, plus ``distill_weight * distill`` (replay clips) and
+   ``anchor_weight * anchor``, through the trainer's named, weighted and logged terms.
+
+Modes, for ablations: ``none`` (no change), ``naive`` (new case only, no retrieval),
+``replay`` (1 only), ``replay+distill`` (1-4). Without stored earlier cases, ``replay`` and
+``replay+distill`` reduce to ``naive``.
+"""
+
+from napari_samed2.training.continual.adapt import (
+    MODES,
+    AdaptConfig,
+    AdaptProgress,
+    AdaptResult,
+    ReplayClip,
+    adapt,
+    loss_on_case,
+)
+from napari_samed2.training.continual.cases import (
+    CasePrompt,
+    CaseRecord,
+    CaseStore,
+    Confirmation,
+    ConfirmedCase,
+    Retrieved,
+    case_from_arrays,
+    case_from_session,
+    confirm,
+)
+from napari_samed2.training.continual.distill import feature_weight
+from napari_samed2.training.continual.versions import (
+    BASE,
+    ModelVersions,
+    VersionComparison,
+    VersionInfo,
+    default_versions_folder,
+)
+
+__all__ = [
+    "BASE",
+    "MODES",
+    "AdaptConfig",
+    "AdaptProgress",
+    "AdaptResult",
+    "CasePrompt",
+    "CaseRecord",
+    "CaseStore",
+    "Confirmation",
+    "ConfirmedCase",
+    "ModelVersions",
+    "ReplayClip",
+    "Retrieved",
+    "VersionComparison",
+    "VersionInfo",
+    "adapt",
+    "case_from_arrays",
+    "case_from_session",
+    "confirm",
+    "default_versions_folder",
+    "feature_weight",
+    "loss_on_case",
+]

@@ -1,0 +1,298 @@
+"""One adaptation: a copy of the model learns a confirmed case, then becomes a new version.
+
+The steps go through the fine-tuning module's :class:`~napari_samed2.training.trainer.Trainer`
+(its ``train_step``: the one tracking path, :func:`~napari_samed2.training.trainer.forward_clip`),
+extended by :class:`_ContinualTrainer` with replay clips, cached image features (the encoder
+is frozen) and the distillation and anchor terms.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_samed2.engine.step import Features, encode_images
+from napari_samed2.errors import TrainingError
+from napari_samed2.models.loading import LoadedModel
+from napari_samed2.models.temporal_adapter import has_temporal_adapters
+from napari_samed2.training.adapters import check_frozen, merged_state_dict
+from napari_samed2.training.continual.cases import CaseStore, ConfirmedCase, Retrieved
+from napari_samed2.training.continual.distill import anchor, distillation, feature_weight, fisher_importance
+from napari_samed2.training.continual.versions import ModelVersions, VersionInfo, default_versions_folder, model_origin
+from napari_samed2.training.data import Clip, ClipSampler, VolumePair
+from napari_samed2.training.losses import combine
+from napari_samed2.training.trainer import ClipOutputs, TrainConfig, Trainer, clip_loss_terms, clip_targets, forward_clip
+
+MODES = ("none", "naive", "replay", "replay+distill")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Every adaptation setting (saved, in short, with the version).
+
+    ``mode``: ``none`` (no change), ``naive`` (the new case only), ``replay`` (each step mixes
+    clips of the ``top_k`` stored cases most similar to the new one, ``replay_ratio`` of the
+    ``batch``), ``replay+distill`` (replay, plus distillation from the model before the update
+    on the replayed clips and the importance-weighted anchor). ``train``: the modules that
+    adapt (LoRA of rank ``lora_rank`` on memory attention and the mask decoder by default);
+    ``close``/``far``: the similarities between which distillation turns from output-level
+    to feature-level; ``fisher_clips``: earlier-case clips the importance is estimated on.
+    """
+
+    mode: str = "replay+distill"
+    steps: int = 20
+    batch: int = 2
+    replay_ratio: float = 0.5
+    top_k: int = 3
+    clip_length: int = 4
+    lr: float = 1e-3
+    lora_rank: int = 4
+    train: tuple[str, ...] = ("lora_memory", "lora_decoder")
+    distill_weight: float = 1.0
+    anchor_weight: float = 100.0
+    close: float = 0.9
+    far: float = 0.7
+    fisher_clips: int = 2
+    correction_clicks: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise TrainingError(f"unknown adaptation mode {self.mode!r}; the modes are {', '.join(MODES)}")
+        for name in ("steps", "batch", "clip_length", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("top_k", "fisher_clips", "correction_clicks"):
+            if getattr(self, name) < 0:
+                raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.replay_ratio < 1.0:
+            raise TrainingError(f"replay_ratio must lie in [0, 1) (the new case needs a clip), got {self.replay_ratio}")
+        if self.distill_weight < 0 or self.anchor_weight < 0:
+            raise TrainingError("distill_weight and anchor_weight must be >= 0")
+        feature_weight(1.0, self.close, self.far)  # checks far < close
+        train = self.train.split(",") if isinstance(self.train, str) else self.train
+        object.__setattr__(self, "train", tuple(t.strip() for t in train if t.strip()))
+
+    @property
+    def replays(self) -> bool:
+        return self.mode in ("replay", "replay+distill")
+
+    @property
+    def distills(self) -> bool:
+        return self.mode == "replay+distill"
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """What an adaptation produced: the model to use now (the input model for mode ``none``),
+    its version (``None`` for ``none``), the earlier cases replayed, and the time it took."""
+
+    model: LoadedModel
+    version: VersionInfo | None
+    retrieved: tuple[Retrieved, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AdaptProgress:
+    """One adaptation step done (``result`` is set on the last item only)."""
+
+    step: int
+    steps: int
+    loss: float
+    terms: dict[str, float]
+    lr: float
+    elapsed: float
+    result: AdaptResult | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ReplayClip(Clip):
+    """A clip of an earlier case: tracked without correction clicks (the teacher must see the
+    same inputs), distilled with ``feature_weight`` (from ``similarity`` to the new case)."""
+
+    similarity: float = 0.0
+    feature_weight: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class _ReplaySource:
+    sampler: ClipSampler
+    similarity: float
+    feature_weight: float
+
+
+class _ContinualTrainer(Trainer):
+    """The fine-tuning trainer on a copy of the model, with replay and distillation. Nothing
+    is written by it: :class:`ModelVersions` saves the result."""
+
+    def __init__(self, student: LoadedModel, teacher: LoadedModel, new_pair: VolumePair, config: AdaptConfig):
+        weights = {"distill": config.distill_weight if config.distills else 0.0,
+                   "anchor": config.anchor_weight if config.distills else 0.0}
+        train_config = TrainConfig(
+            steps=config.steps, train=config.train, clip_length=config.clip_length, batch=config.batch, lr=config.lr,
+            weight_decay=0.0, seed=config.seed, lora_rank=config.lora_rank, correction_frames=1,
+            correction_clicks=config.correction_clicks, loss_weights=weights, val_every=0, save_every=0,
+        )
+        super().__init__(student, [new_pair], train_config, Path("."))
+        self.teacher = teacher
+        self.adapt = config
+        self.replay: list[_ReplaySource] = []
+        self.groups = []
+        self._features: dict[tuple[str, int], Features] = {}
+        self._cache_features = not self.train_encoder and not has_temporal_adapters(student.sam)
+
+    def add_replay(self, pair: VolumePair, similarity: float) -> None:
+        cfg = self.adapt
+        sampler = ClipSampler([pair], self.rng, clip_length=cfg.clip_length, prompt_probs=self.config.prompt_probs)
+        self.replay.append(_ReplaySource(sampler, similarity, feature_weight(similarity, cfg.close, cfg.far)))
+
+    def sample_replay(self) -> ReplayClip:
+        source = self.replay[int(self.rng.integers(len(self.replay)))]
+        clip = source.sampler.sample()
+        values = {f.name: getattr(clip, f.name) for f in fields(Clip)}
+        return ReplayClip(**values, similarity=source.similarity, feature_weight=source.feature_weight)
+
+    def batch(self) -> list[Clip]:
+        cfg = self.adapt
+        replayed = min(cfg.batch - 1, round(cfg.batch * cfg.replay_ratio)) if self.replay else 0
+        return [self.sampler.sample() for _ in range(cfg.batch - replayed)] + [self.sample_replay() for _ in range(replayed)]
+
+    # the trainer's hooks -------------------------------------------------------------------
+    def correction_frames(self, clip: Clip) -> tuple[int, ...]:
+        return () if isinstance(clip, ReplayClip) else super().correction_frames(clip)
+
+    def clip_features(self, clip: Clip) -> list[Features] | None:
+        if not self._cache_features:
+            return None
+        model = self.teacher  # the same frozen encoder as the student's
+        for index, frame in enumerate(clip.frames):
+            if (clip.source, frame) not in self._features:
+                image = clip.volume.model_input(index, model.image_size, model.spec.preprocessing)[None]
+                with torch.no_grad():
+                    self._features[(clip.source, frame)] = encode_images(model.sam, image.to(model.device))[0]
+        return [self._features[(clip.source, frame)] for frame in clip.frames]
+
+    def extra_terms(self, clip: Clip, outputs: ClipOutputs) -> dict[str, torch.Tensor]:
+        zero = torch.zeros((), device=self.model.device)
+        if not self.adapt.distills:
+            return {"distill": zero, "anchor": zero}
+        distill = zero
+        if isinstance(clip, ReplayClip):
+            with torch.no_grad():
+                taught = forward_clip(self.teacher, clip, policy=self.config.memory_policy, features=self.clip_features(clip))
+            distill = distillation(outputs, taught, clip.feature_weight)
+        return {"distill": distill, "anchor": anchor(self.groups) if self.groups else zero}
+
+    def estimate_importance(self) -> None:
+        """Fisher importance of each adapted layer on ``fisher_clips`` earlier-case clips."""
+        if not self.adapt.distills:
+            return
+
+        def task_loss(clip: Clip):
+            def loss() -> torch.Tensor:
+                with self.autocast():
+                    outputs = forward_clip(self.model, clip, policy=self.config.memory_policy, features=self.clip_features(clip))
+                    targets = clip_targets(clip, self.model.image_size).to(self.model.device)
+                    terms = clip_loss_terms(outputs, targets, self.config.loss_weights)
+                    return combine({k: terms[k] for k in ("focal", "dice", "iou", "object_score")}, self.config.loss_weights)
+            return loss
+
+        clips = [self.sample_replay() for _ in range(self.adapt.fisher_clips)] if self.replay else []
+        self.groups = fisher_importance(self.model.sam, [task_loss(clip) for clip in clips])
+
+
+def _student(model: LoadedModel) -> LoadedModel:
+    return LoadedModel(model.spec, copy.deepcopy(model.sam), model.device, model.dtype, model.checkpoint)
+
+
+def adapt(
+    model: LoadedModel,
+    new_case: ConfirmedCase,
+    store: CaseStore,
+    *,
+    versions: str | Path | ModelVersions | None = None,
+    config: AdaptConfig | None = None,
+    **settings,
+) -> Iterator[AdaptProgress]:
+    """Adapt ``model`` to ``new_case``, yielding an :class:`AdaptProgress` per step; the last
+    one carries the :class:`AdaptResult` (the new model, loaded as its saved version would
+    be). ``settings`` override ``config``'s fields (e.g. ``mode="replay"``, ``steps=10``).
+
+    ``model`` itself is never changed: a copy adapts, and the new version is saved and
+    returned only after the last step, so stopping the iteration early (Cancel) leaves
+    nothing behind. Earlier cases are read from ``store`` before the first step, so a damaged
+    store fails before anything is written. Versions go to ``versions`` (default: beside
+    the base weights, see :func:`default_versions_folder`).
+    """
+    unknown = sorted(set(settings) - {f.name for f in fields(AdaptConfig)})
+    if unknown:
+        raise TrainingError(f"unknown adaptation settings {unknown}; the settings are {[f.name for f in fields(AdaptConfig)]}")
+    config = dataclasses.replace(config or AdaptConfig(), **settings)
+    start = time.perf_counter()
+    if config.mode == "none":
+        yield AdaptProgress(0, 0, 0.0, {}, 0.0, 0.0, AdaptResult(model, None, (), 0.0))
+        return
+    model_origin(model)  # refuses a model without a file before any work
+    folder = versions if isinstance(versions, ModelVersions) else ModelVersions(versions or default_versions_folder(model))
+    retrieved = tuple(store.retrieve(new_case.descriptor, config.top_k, exclude={new_case.key})) if config.replays else ()
+    earlier = [(r, store.case(r.case_id).pair(f"{r.case_id}:{r.name}")) for r in retrieved]
+
+    torch.manual_seed(config.seed)
+    student = _student(model)
+    trainer = _ContinualTrainer(student, model, new_case.pair(f"new:{new_case.name}"), config)
+    for found, pair in earlier:
+        trainer.add_replay(pair, found.similarity)
+    trainer.estimate_importance()
+    for _ in range(config.steps):
+        loss, terms, lr = trainer.train_step(trainer.batch())
+        if trainer.step < config.steps:
+            yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, time.perf_counter() - start)
+
+    check_frozen(student.sam, trainer.trainable)
+    merged = merged_state_dict(student.sam)
+    adapted_layers = {name.rsplit(".lora_", 1)[0] for name in trainer.trainable}
+    changed = sorted(set(model_origin(model).changed) | {f"{layer}.weight" for layer in adapted_layers})
+    delta = {key: merged[key] for key in changed}
+    info = folder.save(
+        model, delta, mode=config.mode, steps=config.steps, trained=",".join(config.train), case=new_case.name,
+        case_key=new_case.key, replayed=",".join(r.name for r in retrieved),
+    )
+    adapted = LoadedModel(model.spec, copy.deepcopy(model.sam).eval(), model.device, model.dtype, info.path)
+    state = adapted.sam.state_dict()
+    with torch.no_grad():
+        for key, value in delta.items():
+            state[key].copy_(value)
+    if retrieved:
+        store.mark_used(r.case_id for r in retrieved)
+    seconds = time.perf_counter() - start
+    yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, seconds, AdaptResult(adapted, info, retrieved, seconds))
+
+
+def loss_on_case(model: LoadedModel, case: ConfirmedCase, *, clips: int = 4, clip_length: int = 4, seed: int = 0) -> float:
+    """The mean task loss of ``model`` on ``clips`` clips of ``case`` (the same clips for the
+    same seed, mask-prompted, no clicks): how well a model fits a case, for tests and reports."""
+    from napari_samed2.training.losses import LOSS_WEIGHTS
+
+    rng = np.random.default_rng(seed)
+    sampler = ClipSampler([case.pair()], rng, clip_length=clip_length, prompt_probs={"box": 1.0}, reverse_prob=0.0)
+    values = []
+    was_training = model.sam.training
+    model.sam.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(clips):
+                clip = sampler.sample()
+                outputs = forward_clip(model, clip)
+                terms = clip_loss_terms(outputs, clip_targets(clip, model.image_size).to(model.device))
+                values.append(float(combine(terms, LOSS_WEIGHTS)))
+    finally:
+        model.sam.train(was_training)
+    return float(np.mean(values))
