@@ -2,6 +2,8 @@
 
 Loading runs in a napari ``thread_worker`` so the viewer stays responsive while weights are
 downloaded or read; a failure is shown in plain words in the panel, never as a traceback.
+Its Versions section lists, loads and rolls back the loaded model's adapted versions
+(see :mod:`.continual`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samed2._widgets.continual import VersionsSection
 from napari_samed2._widgets.layout import scrolling_layout
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.models import MODELS, LoadedModel, load_model, ready_model
@@ -84,6 +87,9 @@ class ModelPanel(QWidget):
         self.progress.hide()
         self.status = QLabel("No model loaded.")
         self.status.setWordWrap(True)
+        self.versions = VersionsSection(self)
+        # a model announced elsewhere (a learned version) is the panel's model too
+        self.state.model_changed.connect(self._follow)
 
         form = QFormLayout()
         form.addRow("Model", self.model_choice)
@@ -99,6 +105,7 @@ class ModelPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.versions)
         layout.addStretch()
 
     def _browse(self) -> None:
@@ -170,6 +177,16 @@ class ModelPanel(QWidget):
         source = f" from {model.checkpoint.name}" if model.checkpoint is not None else ""
         self.status.setText(f"Loaded {model.describe()}{source}")
         self.model_changed.emit(model)
+
+    def _follow(self, model: LoadedModel | None) -> None:
+        if model is self.model:
+            return
+        self.model = model
+        if model is None:
+            self.status.setText("No model loaded.")
+        else:
+            source = f" from {model.checkpoint.name}" if model.checkpoint is not None else ""
+            self.status.setText(f"Using {model.describe()}{source}")
 
     def _refuse_while_segmenting(self) -> bool:
         """A model change reaches the open segmentation (see the segmentation panel), so it

@@ -48,6 +48,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samed2._widgets.continual import ContinualSection
 from napari_samed2._widgets.coordinates import (
     box_corners,
     mask_from_labels,
@@ -334,6 +335,7 @@ class SegmentationPanel(QWidget):
         self.min_confidence.setToolTip("Only memories at least this confident go into the library")
         self.library_status = QLabel()
         self.library_status.setWordWrap(True)
+        self.continual = ContinualSection(self)  # Confirm volume, Learn from confirmed cases
 
         self._lay_out()
         if napari_viewer is not None:
@@ -463,6 +465,7 @@ class SegmentationPanel(QWidget):
         layout.addWidget(self.overwrite_button)
         layout.addWidget(self.status)
         layout.addWidget(session_box)
+        layout.addWidget(self.continual)
         layout.addStretch()
 
     # layer choices -----------------------------------------------------------------------
@@ -1009,10 +1012,11 @@ class SegmentationPanel(QWidget):
         to stop after its current slice. Called when the viewer closes: a worker still running
         while Qt deletes the window signalled to deleted objects, and at interpreter exit that
         crashed Python now and then (4 runs in 12). True if nothing runs any more."""
+        learning_stopped = self.continual.shutdown(timeout_s)
         worker = self._worker
         self._jobs.clear()
         if worker is None:
-            return True
+            return learning_stopped
         worker.quit()
         deadline = time.monotonic() + timeout_s
         while worker.is_running and time.monotonic() < deadline:
@@ -1021,7 +1025,7 @@ class SegmentationPanel(QWidget):
         QThreadPool.globalInstance().waitForDone(2000)
         if self.work.panel is self:  # its signals still queued must not reach deleted widgets
             self.work.panel = None
-        return not worker.is_running
+        return learning_stopped and not worker.is_running
 
     @property
     def busy(self) -> bool:
@@ -1466,13 +1470,7 @@ class SegmentationPanel(QWidget):
             return None
         if self._refuse_while_busy():
             return None
-        started = ""
-        if session.library is None:
-            if self.state.library is None:
-                self.state.library, self.state.library_folder = MemoryLibrary(), None
-                started = "Started a new memory library. "
-            with session.lock:
-                session.library = self.state.library
+        started = self.ensure_library()
         minimum = self.min_confidence.value()
         try:
             kept = session.add_to_library(
@@ -1497,6 +1495,18 @@ class SegmentationPanel(QWidget):
                 "entries); Save library... keeps them, Undo takes them out."
             )
         return kept
+
+    def ensure_library(self) -> str:
+        """Give the session the viewer's memory library, starting one if there is none (what
+        confirmed memories go into); returns a note for the status line if one was started."""
+        session, started = self.session, ""
+        if session.library is None:
+            if self.state.library is None:
+                self.state.library, self.state.library_folder = MemoryLibrary(), None
+                started = "Started a new memory library. "
+            with session.lock:
+                session.library = self.state.library
+        return started
 
     def _show_library(self) -> None:
         library, folder = self.state.library, self.state.library_folder
@@ -1603,6 +1613,7 @@ class SegmentationPanel(QWidget):
                        self.save_session_button, self.export_prompts_button):
             button.setEnabled(has_session)
         self.add_case_button.setEnabled(has_session and not busy)
+        self.continual.update_buttons()
         self.save_library_button.setEnabled(self.state.library is not None)
         waiting = self._job_names()
         self.propagate_button.setEnabled(has_session and "propagate" not in waiting)

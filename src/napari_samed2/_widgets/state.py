@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QObject, Signal
 
 from napari_samed2._widgets.autosave import Autosaver
+from napari_samed2._widgets.continual import Continual
 
 if TYPE_CHECKING:
     import napari
@@ -61,7 +62,8 @@ class AnnotatorState(QObject):
     changed (pin, evict, policy); ``repropagate_requested()`` asks the segmentation panel to
     recompute stale frames (it owns the worker, the progress bar and Cancel).
     ``segmentation`` is the segmentation panel's work (see :class:`Segmentation`); ``library``
-    the memory library shared by the viewer's segmentations.
+    the memory library shared by the viewer's segmentations; ``continual`` the store of
+    confirmed cases and the running adaptation (see :class:`~._widgets.continual.Continual`).
     """
 
     model_changed = Signal(object)
@@ -82,6 +84,7 @@ class AnnotatorState(QObject):
         self.library: MemoryLibrary | None = None
         self.library_folder: Path | None = None  # where it was loaded from or last saved to
         self.library_changed = False  # entries added since it was loaded or saved
+        self.continual = Continual()
 
     @property
     def viewer(self) -> napari.Viewer | None:
