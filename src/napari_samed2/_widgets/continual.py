@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from napari_samed2.models import LoadedModel
 
 CASES_DIR_ENV = "NAPARI_SAMED2_CASES_DIR"
-LEARN_MODES = ("replay+distill", "replay", "naive")  # "none" would only say the model is unchanged
+LEARN_MODES = tuple(m for m in reversed(MODES) if m != "none")  # the default first; "none" changes nothing
 _USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
 _TIP = Qt.ItemDataRole.ToolTipRole
 
@@ -250,7 +250,7 @@ class ContinualSection(QGroupBox):
         except _USER_ERRORS as exc:
             added = session.history.next_undo is not before
             note = " Its memories did join the library: Undo takes them out." if added else " Nothing was changed."
-            self._say(f"Could not confirm the volume: {exc}.{note}")
+            self._say(f"Could not confirm the volume: {str(exc).rstrip('.')}.{note}")
             self._after_library_change(added)
             return None
         self.work.last_case = done.case_id
@@ -260,11 +260,11 @@ class ContinualSection(QGroupBox):
         where = (f"already stored as case {done.case_id}" if done.case_id in known else
                  f"stored as case {done.case_id}: {len(case.labels)} slices from slice {case.first_slice}, "
                  f"{objects} object{'' if objects == 1 else 's'}")
-        self._say(
-            f"{started}Confirmed {case.name!r}, {where} ({len(store)} cases in the store). {done.library_kept} memories "
-            "joined the library (Undo takes them out; the stored case stays). Learn from confirmed cases adapts "
-            "the model to it."
-        )
+        library = (f"{done.library_kept} memories joined the library (Undo takes them out; the stored case stays)"
+                   if done.library_kept else
+                   "No memory was confident enough for the library (lower the confidence to add some)")
+        self._say(f"{started}Confirmed {case.name!r}, {where} ({len(store)} cases in the store). {library}. "
+                  "Learn from confirmed cases adapts the model to it.")
         return done
 
     def _after_library_change(self, changed: bool) -> None:
