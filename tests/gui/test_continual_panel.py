@@ -152,6 +152,15 @@ def test_model_panel_lists_versions_and_rolls_back_to_the_base_weights(panel, qt
     assert ModelVersions(default_versions_folder(model)).current == BASE
     assert section.choice.currentText() == "base: base weights (loaded, current)"
 
+    section.choice.setCurrentIndex(section.choice.findData("v1"))  # Use: loaded, not made current
+    qtbot.waitUntil(lambda: not panel.busy, timeout=WAIT_MS)  # it re-segments with base first
+    with qtbot.waitSignal(models.model_changed, timeout=WAIT_MS) as signal:
+        assert section.use()
+    assert signal.args[0].checkpoint.name == "v0001.safetensors" and panel.state.model is signal.args[0]
+    qtbot.waitUntil(models.load_button.isEnabled, timeout=WAIT_MS)
+    assert ModelVersions(default_versions_folder(model)).current == BASE
+    assert section.choice.currentText() == "v1: replay+distill, 2 steps on 'mr' (loaded)"
+
 
 def test_a_damaged_store_or_case_gives_a_message_and_changes_nothing(panel, qtbot, model, tmp_path):
     _segment(panel, qtbot)
