@@ -141,9 +141,9 @@ def test_model_panel_lists_versions_and_rolls_back_to_the_base_weights(panel, qt
     qtbot.waitUntil(lambda: "weights differ by" in section.info.text(), timeout=WAIT_MS)
     assert section.info.text().startswith("v1 → base") and "mode: replay+distill → -" in section.info.text()
 
-    qtbot.waitUntil(section.rollback_button.isEnabled, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: section.rollback_button.isEnabled() and not panel.busy, timeout=WAIT_MS)
     with qtbot.waitSignal(models.model_changed, timeout=WAIT_MS) as signal:
-        section.rollback()
+        assert section.rollback()
     back = signal.args[0]
     assert panel.state.model is back and "Now using version base" in models.status.text()
     weights = model.sam.state_dict()
