@@ -2,14 +2,13 @@
 
     xvfb-run -a .venv/bin/python docs/make_screenshots.py
 
-A random-weight SAM 2.1 tiny (nothing to download) segments the synthetic sample: one click on
-the middle slice, propagation both ways, a pinned and an evicted memory in the inspector. The
-masks of a random-weight model are not meaningful; the panels and the workflow are what is shown.
+The packaged demo model (nothing to download) segments the synthetic sample: one click on the
+middle slice of the first organ, propagation both ways, a pinned and an evicted memory in the
+inspector.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,10 +32,8 @@ def main() -> None:
 
     from napari_samed2 import load_model
     from napari_samed2.__main__ import PLUGIN
-    from napari_samed2.models.random_weights import save_random_checkpoint
 
     OUT.mkdir(exist_ok=True)
-    checkpoint = save_random_checkpoint(Path(tempfile.mkdtemp()) / "random.pt", "sam2.1-tiny", image_size=256)
     viewer = napari.Viewer(title="napari-samed2")
     viewer.window._qt_window.resize(1700, 1150)
     viewer.open_sample(PLUGIN, "synthetic_mr")
@@ -45,10 +42,8 @@ def main() -> None:
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Memory bank inspector")
     app = QApplication.instance()
 
-    model_panel.checkpoint_path.setText(str(checkpoint))
     model_panel.device_choice.setCurrentText("cpu")
-    model = load_model(checkpoint, device="cpu", image_size=256)
-    model_panel._on_loaded(model)
+    model_panel._on_loaded(load_model("demo", device="cpu"))
     panel.image_choice.value = viewer.layers["synthetic MR"]
     panel.start()
     image = panel.state.image_layer
