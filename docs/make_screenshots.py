@@ -9,6 +9,8 @@ inspector.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,15 +33,19 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_samed2 import load_model
-    from napari_samed2.__main__ import PLUGIN
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_samed2.__main__ import PLUGIN, dock_all_widgets
+
+    from napari_samed2._widgets.session_files import DATA_DIR_ENV
 
     OUT.mkdir(exist_ok=True)
+    os.environ[DATA_DIR_ENV] = tempfile.mkdtemp()  # no autosave of an earlier run to offer, none left behind
     viewer = napari.Viewer(title="napari-samed2")
     viewer.window._qt_window.resize(1700, 1150)
     viewer.open_sample(PLUGIN, "synthetic_mr")
-    _, model_panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
-    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Segmentation")
-    _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Memory bank inspector")
+    widgets = dock_all_widgets(viewer)  # as the launcher docks them: tabs of one dock area
+    model_panel, panel, inspector = widgets["Model"], widgets["Segmentation"], widgets["Memory bank inspector"]
     app = QApplication.instance()
 
     model_panel.device_choice.setCurrentText("cpu")
@@ -61,6 +67,10 @@ def main() -> None:
     inspector.select_entry(1, entries[len(entries) // 3].frame)
     inspector.pin_selected()
     viewer.dims.set_point(0, image.data_to_world([frame, 0, 0])[0])
+    dock = panel
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    dock.raise_()  # the Segmentation tab in front: the panel of the main job
     for _ in range(50):
         app.processEvents()
         time.sleep(0.02)
