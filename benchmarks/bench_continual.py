@@ -136,7 +136,9 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
         for volume in trains[domain]:
             case = case_from_arrays(model, volume.image, volume.labels, name=volume.name, spacing=volume.spacing)
             store.add(case)
-            for progress in adapt(model, case, store, versions=work / mode / "versions", mode=mode, steps=args.steps, seed=args.seed):
+            rate = {} if args.lr is None else {"lr": args.lr}
+            for progress in adapt(model, case, store, versions=work / mode / "versions", mode=mode, steps=args.steps,
+                                  seed=args.seed, **rate):
                 pass
             model = progress.result.model
             seconds.append(progress.result.seconds)
@@ -151,8 +153,10 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
 
 
 def markdown(runs: list[dict], args, plot: Path) -> str:
+    size = args.image_size or "the model's own"
+    rate = args.lr or "AdaptConfig's default"
     lines = [
-        f"Model `{args.model}`, {args.image_size or 'its own'} px, {args.device}; domains {', '.join(args.domains)}; "
+        f"Model `{args.model}`, {size} px, lr {rate}, {args.device}; domains {', '.join(args.domains)}; "
         f"{args.train_volumes} confirmed volume(s) per domain, {args.test_volumes} held-out per domain, shape "
         f"{tuple(args.shape)}; {args.steps} steps per adaptation; {args.clicks} correction clicks; "
         f"{platform.processor() or platform.machine()}.",
@@ -219,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-volumes", type=int, default=3, help="held-out volumes per domain")
     parser.add_argument("--shape", type=int, nargs=3, default=(24, 160, 160), metavar=("Z", "Y", "X"))
     parser.add_argument("--steps", type=int, default=20, help="adaptation steps per confirmed volume")
+    parser.add_argument("--lr", type=float, default=None, help="adaptation learning rate (default: AdaptConfig's)")
     parser.add_argument("--clicks", type=int, default=3, help="correction clicks in the evaluation")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
