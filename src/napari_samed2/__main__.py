@@ -1,9 +1,10 @@
 """``python -m napari_samed2 [files...]``: napari with the plugin's panels docked.
 
 With no file, it opens the plugin's synthetic sample volume and, when the demo model's
-weights ship with the package, loads that model, so a new user gets real masks from the first
-click with nothing downloaded (``--model NAME`` loads another, ``--model none`` none). ``--screenshot PATH`` saves the window once it is shown
-and exits (used for the docs and to check a fresh install end to end).
+weights ship with the package, loads that model and starts a segmentation of the volume, so a
+new user gets real masks from the first click with nothing downloaded (``--model NAME`` loads
+another, ``--model none`` none). ``--screenshot PATH`` saves the window once it is shown and
+exits (used for the docs and to check a fresh install end to end).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         viewer.open_sample(PLUGIN, "synthetic_mr")
     widgets = dock_all_widgets(viewer)
+    segment_once_loaded(widgets)
     start_model(widgets, args.model)
     viewer.window._qt_window.resize(1500, 950)
     if args.screenshot:
@@ -73,6 +75,31 @@ def start_model(widgets: dict, name: str | None) -> None:
     panel = next(w for w in widgets.values() if isinstance(w, ModelPanel))
     panel.choose(name)
     panel.load()
+
+
+def segment_once_loaded(widgets: dict) -> None:
+    """When the first model has loaded, start a segmentation of the chosen image with the
+    Segmentation tab in front, so that the user's first click on the volume segments."""
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_samed2._widgets.model_panel import ModelPanel
+    from napari_samed2._widgets.segmentation_panel import SegmentationPanel
+
+    models = next(w for w in widgets.values() if isinstance(w, ModelPanel))
+    segmentation = next(w for w in widgets.values() if isinstance(w, SegmentationPanel))
+
+    def loaded(model) -> None:
+        if model is None:
+            return
+        models.model_changed.disconnect(loaded)
+        if segmentation.session is None and segmentation.start():
+            dock = segmentation.parent()
+            while dock is not None and not isinstance(dock, QDockWidget):
+                dock = dock.parent()
+            if dock is not None:
+                dock.raise_()
+
+    models.model_changed.connect(loaded)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,32 @@ def test_a_typed_checkpoint_path_is_read_as_its_own_architecture(make_napari_vie
     assert panel.checkpoint_path.text() == "" and panel.load_arguments() == (
         "sam2.1-small", {"device": "auto", "dtype": "auto"}
     )
+
+
+def test_the_launcher_starts_a_segmentation_once_the_model_has_loaded(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """``python -m napari_samed2`` with shipped weights: the sample is ready to be clicked on
+    (a segmentation started on it) as soon as the model has loaded, not after a button."""
+    from napari_samed2.__main__ import PLUGIN, dock_all_widgets, segment_once_loaded, start_model
+    from napari_samed2._widgets.segmentation_panel import SegmentationPanel
+    from napari_samed2.models import loading
+    from napari_samed2.models.random_weights import save_random_checkpoint
+
+    monkeypatch.setattr(loading, "PACKAGED_WEIGHTS_DIR", tmp_path)
+    save_random_checkpoint(tmp_path / "demo.safetensors", "demo")
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_mr")
+    widgets = dock_all_widgets(viewer)
+    segmentation = next(w for w in widgets.values() if isinstance(w, SegmentationPanel))
+    panel = next(w for w in widgets.values() if isinstance(w, ModelPanel))
+    segment_once_loaded(widgets)
+    assert segmentation.session is None
+    with qtbot.waitSignal(panel.model_changed, timeout=60_000):
+        start_model(widgets, None)
+    assert segmentation.session is not None and segmentation.session.model is panel.model
+    # (the plugin's viewer hands out proxies of the layers: compare names)
+    assert segmentation.state.image_layer.name == "synthetic MR"
+    assert viewer.layers.selection.active.name == segmentation.points_layer.name  # the next click is a prompt
+    first = segmentation.session
+    panel.state.set_model(None)
+    panel.state.set_model(panel.model)  # a later model change does not start another one
+    assert segmentation.session is first
