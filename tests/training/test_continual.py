@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_samed2 import load_model
+from napari_samed2.engine import EmbeddingCache, FramePrompt, Session
 from napari_samed2.errors import SavedStateError, SessionError, TrainingError
 from napari_samed2.training.continual import (
     BASE,
@@ -128,7 +129,20 @@ def test_base_weights_stay_bit_identical_and_only_adapted_weights_change(model, 
     changed = {k for k, v in result.model.sam.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith(("memory_attention.layers.", "sam_mask_decoder.transformer.")) for k in changed)
     assert all(k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight")) for k in changed)
-    assert result.model.signature != model.signature  # the embedding cache must not serve old features
+    assert result.model.signature != model.signature  # a version is another model for saved sessions
+    # ... whose image encoder is the base's: it reads the features cached for the base, on
+    # switching to it and when it is loaded again from its file
+    assert result.model.feature_signature == model.feature_signature
+    image, _ = ellipse_pair(3, frames=FRAMES)
+    cache = EmbeddingCache()
+    base_session = Session(model, image, cache=cache)
+    list(base_session.encode())
+    assert base_session.frames_encoded == FRAMES
+    for version in (result.model, load_model(result.version.path, device="cpu", dtype="float32")):
+        assert version.feature_signature == model.feature_signature
+        again = Session(version, image, cache=cache)
+        again.segment_frame(1, again.add_object(), FramePrompt(np.array([[32.0, 32.0]]), [1]))
+        assert again.frames_encoded == 0
 
 
 def test_rollback_restores_the_exact_earlier_outputs(model, tmp_path):

@@ -115,7 +115,7 @@ class Session:
         self.stale: dict[int, set[int]] = {}
         self._pos_embeds: list[torch.Tensor] | None = None
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
-        self._model_key = model.signature
+        self._model_key = model.feature_signature
         self.frames_encoded = 0  # image-encoder runs, for tests and benchmarks
         # The GUI propagates in a worker thread while the user may click: every change of
         # state holds this lock, for one frame at a time, so clicks land between frames.
@@ -560,7 +560,7 @@ class Session:
             yield frame
 
     def cache_key(self, frame: int) -> str:
-        """The embedding-cache key of ``frame``'s features: the model's signature and a
+        """The embedding-cache key of ``frame``'s features: the model's feature signature and a
         digest of the frame's content and normalisation (and of its partner slice's, for
         SAMed-2's paired encoder)."""
         key = f"{self._model_key}-{self.volume.frame_key(frame)}"

@@ -42,6 +42,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype  # compute dtype; weights stay float32 and bf16 runs under autocast
     checkpoint: Path | None
+    #: the :attr:`feature_signature` of a model whose image encoder this one has unchanged (a
+    #: continual-adaptation version: the base's), so both read the same cached image features
+    shares_features_with: str | None = None
 
     @property
     def image_size(self) -> int:
@@ -49,13 +52,21 @@ class LoadedModel:
 
     @property
     def signature(self) -> str:
-        """Identifies the weights and compute settings; part of every embedding cache key."""
+        """Identifies the weights and compute settings (saved sessions and autosaves name their
+        model by it; the embedding cache keys by :attr:`feature_signature`)."""
         source = f"memory:{id(self.sam):x}"
         if self.checkpoint is not None and self.checkpoint.exists():
             stat = self.checkpoint.stat()
             source = f"{self.checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         text = f"{self.spec.name}|{self.image_size}|{self.dtype}|{source}"
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+    @property
+    def feature_signature(self) -> str:
+        """Identifies what image features depend on (the image encoder's weights and the
+        compute settings): the embedding cache's key. A version that only adapted memory
+        attention or the decoder shares its base's, so switching to it encodes nothing again."""
+        return self.shares_features_with or self.signature
 
     @property
     def num_parameters(self) -> int:

@@ -6,7 +6,8 @@ already merged, under sam2's key names), and in its metadata where the base come
 its parent version and what made it (see :mod:`napari_samed2.training.continual`).
 ``load_model(version file)`` loads the base, checks the digest and puts the tensors in: the
 very weights the adaptation produced. The file is the version's identity, so
-``LoadedModel.signature`` (which keys the embedding cache) changes with it.
+``LoadedModel.signature`` changes with it; a version that changed no image-encoder tensor
+keeps its base's ``feature_signature``, so the embedding cache serves it the base's features.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def load_version(
         raise ModelSettingsError(
             f"{path.name} is a version of a model at {size} px; load it without image_size (or with {size})"
         )
+    from napari_samed2.models.loading import resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(dtype, torch_device)  # "auto" as on the device the version will run on
     base_source = metadata["base"]
     if not Path(base_source).exists() and metadata.get("base_name"):
         base_source = metadata["base_name"]  # a registry model's weights, found again by name
@@ -77,8 +82,7 @@ def load_version(
     with torch.no_grad():
         for key, value in delta.items():
             state[key].copy_(value)
-    from napari_samed2.models.loading import resolve_device
-
-    torch_device = resolve_device(device)
     base.sam.to(torch_device)
-    return LoadedModel(base.spec, base.sam, torch_device, base.dtype, path)
+    encoder_unchanged = not any(key.startswith("image_encoder.") for key in delta)
+    return LoadedModel(base.spec, base.sam, torch_device, base.dtype, path,
+                       shares_features_with=base.feature_signature if encoder_unchanged else None)

@@ -265,7 +265,10 @@ def adapt(
         model, delta, mode=config.mode, steps=config.steps, trained=",".join(config.train), case=new_case.name,
         case_key=new_case.key, replayed=",".join(r.name for r in retrieved),
     )
-    adapted = LoadedModel(model.spec, copy.deepcopy(model.sam).eval(), model.device, model.dtype, info.path)
+    # with the image encoder left as it was, the new version reads the features cached for this one
+    encoder_unchanged = not any(key.startswith("image_encoder.") for key in delta)
+    adapted = LoadedModel(model.spec, copy.deepcopy(model.sam).eval(), model.device, model.dtype, info.path,
+                          shares_features_with=model.feature_signature if encoder_unchanged else None)
     state = adapted.sam.state_dict()
     with torch.no_grad():
         for key, value in delta.items():
