@@ -33,9 +33,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_samed2 import load_model
-    from qtpy.QtWidgets import QDockWidget
-
-    from napari_samed2.__main__ import PLUGIN, dock_all_widgets
+    from napari_samed2.__main__ import PLUGIN, bring_to_front, dock_all_widgets
 
     from napari_samed2._widgets.session_files import DATA_DIR_ENV
 
@@ -67,10 +65,7 @@ def main() -> None:
     inspector.select_entry(1, entries[len(entries) // 3].frame)
     inspector.pin_selected()
     viewer.dims.set_point(0, image.data_to_world([frame, 0, 0])[0])
-    dock = panel
-    while not isinstance(dock, QDockWidget):
-        dock = dock.parent()
-    dock.raise_()  # the Segmentation tab in front: the panel of the main job
+    bring_to_front(panel)  # the Segmentation tab in front: the panel of the main job
     for _ in range(50):
         app.processEvents()
         time.sleep(0.02)

@@ -80,8 +80,6 @@ def start_model(widgets: dict, name: str | None) -> None:
 def segment_once_loaded(widgets: dict) -> None:
     """When the first model has loaded, start a segmentation of the chosen image with the
     Segmentation tab in front, so that the user's first click on the volume segments."""
-    from qtpy.QtWidgets import QDockWidget
-
     from napari_samed2._widgets.model_panel import ModelPanel
     from napari_samed2._widgets.segmentation_panel import SegmentationPanel
 
@@ -93,13 +91,20 @@ def segment_once_loaded(widgets: dict) -> None:
             return
         models.model_changed.disconnect(loaded)
         if segmentation.session is None and segmentation.start():
-            dock = segmentation.parent()
-            while dock is not None and not isinstance(dock, QDockWidget):
-                dock = dock.parent()
-            if dock is not None:
-                dock.raise_()
+            bring_to_front(segmentation)
 
     models.model_changed.connect(loaded)
+
+
+def bring_to_front(widget) -> None:
+    """Raise the dock holding ``widget``: its tab comes to the front of a tabbed dock area."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget.parent()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    if dock is not None:
+        dock.raise_()
 
 
 if __name__ == "__main__":

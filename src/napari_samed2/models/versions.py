@@ -35,6 +35,12 @@ def weights_digest(state: Mapping[str, torch.Tensor], skip: Collection[str] = ()
     return digest.hexdigest()
 
 
+def leaves_encoder(changed: Collection[str]) -> bool:
+    """True when none of the ``changed`` tensor names is the image encoder's: the version's
+    image features are its base's, so it can share the base's cached embeddings."""
+    return not any(key.startswith("image_encoder.") for key in changed)
+
+
 def load_version(
     path: Path,
     metadata: Mapping[str, str],
@@ -83,6 +89,5 @@ def load_version(
         for key, value in delta.items():
             state[key].copy_(value)
     base.sam.to(torch_device)
-    encoder_unchanged = not any(key.startswith("image_encoder.") for key in delta)
     return LoadedModel(base.spec, base.sam, torch_device, base.dtype, path,
-                       shares_features_with=base.feature_signature if encoder_unchanged else None)
+                       shares_features_with=base.feature_signature if leaves_encoder(delta) else None)

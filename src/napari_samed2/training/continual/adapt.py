@@ -21,6 +21,7 @@ import torch
 from napari_samed2.engine.step import Features, encode_images
 from napari_samed2.errors import TrainingError
 from napari_samed2.models.loading import LoadedModel
+from napari_samed2.models.versions import leaves_encoder
 from napari_samed2.models.temporal_adapter import has_temporal_adapters
 from napari_samed2.training.adapters import check_frozen, merged_state_dict
 from napari_samed2.training.continual.cases import CaseStore, ConfirmedCase, Retrieved
@@ -266,9 +267,8 @@ def adapt(
         case_key=new_case.key, replayed=",".join(r.name for r in retrieved),
     )
     # with the image encoder left as it was, the new version reads the features cached for this one
-    encoder_unchanged = not any(key.startswith("image_encoder.") for key in delta)
     adapted = LoadedModel(model.spec, copy.deepcopy(model.sam).eval(), model.device, model.dtype, info.path,
-                          shares_features_with=model.feature_signature if encoder_unchanged else None)
+                          shares_features_with=model.feature_signature if leaves_encoder(delta) else None)
     state = adapted.sam.state_dict()
     with torch.no_grad():
         for key, value in delta.items():
