@@ -87,7 +87,8 @@ def test_a_plain_re_run_after_a_converged_one_equals_a_full_re_run(tiny_model, a
 
 def test_undo_after_a_converged_re_run_gives_back_the_state_before_it(tiny_model, array, cache):
     session = corrected(tiny_model, array, cache)
-    entries, tracked, stale = dict(session.memories[1].entries), dict(session.memories[1].tracked), set(session.stale[1])
+    memory = session.memories[1]
+    entries, tracked, stale = dict(memory.entries), dict(memory.tracked), set(session.stale[1])
     before = masks(session)
     list(session.repropagate(ConvergeStop()))
     after, after_stale = masks(session), set(session.stale[1])
