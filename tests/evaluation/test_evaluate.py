@@ -171,7 +171,8 @@ def test_the_protocols_converge_stop_reaches_the_re_propagation(tiny_model, monk
     asked.clear()
     stopped = list(run_case(tiny_model, case, EvalProtocol(clicks=1, converge=rule), "stock"))
     assert asked and set(asked) == {rule}
-    assert {r.protocol for r in full} == {"box+1clicks"} and {r.protocol for r in stopped} == {"box+1clicks+converge0.9x2"}
+    assert {r.protocol for r in full} == {"box+1clicks"}
+    assert {r.protocol for r in stopped} == {"box+1clicks+converge0.9x2"}
     corrections = [(a, b) for a, b in zip(full, stopped, strict=True) if a.step > 0]
     assert [(a.frame, a.prompt) for a, _ in corrections] == [(b.frame, b.prompt) for _, b in corrections]
     assert all(0 < b.frames_tracked <= a.frames_tracked for a, b in corrections)

@@ -53,7 +53,9 @@ class EvalProtocol:
         if not self.nsd_tolerance_mm >= 0:
             raise ValueError(f"the NSD tolerance must be >= 0 mm, not {self.nsd_tolerance_mm!r}")
         if self.converge is not None and not isinstance(self.converge, ConvergeStop):
-            raise ValueError(f"converge must be None or a ConvergeStop, e.g. ConvergeStop(0.98, 3); got {self.converge!r}")
+            raise ValueError(
+                f"converge must be None or a ConvergeStop, e.g. ConvergeStop(0.98, 3); got {self.converge!r}"
+            )
 
     @property
     def name(self) -> str:
