@@ -43,9 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for tie-breaking between click positions")
     parser.add_argument("--start", choices=START_PROMPTS, default="box", help="start prompt (default: %(default)s)")
     parser.add_argument("--nsd-tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default: 2)")
+    parser.add_argument(
+        "--converge-stop", dest="converge", nargs="?", const="0.98,3", default=None, type=_converge_stop,
+        metavar="IOU,FRAMES",
+        help="after each correction, stop re-propagating once FRAMES consecutive slices agree with their "
+        "earlier masks at IoU >= IOU, as the GUI does (bare flag: 0.98,3; default: full re-run)",
+    )
     parser.add_argument("--out", required=True, help="folder for the result files")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return parser
+
+
+def _converge_stop(text: str):
+    """``IOU,FRAMES`` (e.g. ``0.98,3``) as a ConvergeStop."""
+    from napari_samed2.engine import ConvergeStop
+
+    try:
+        iou, frames = text.split(",")
+        return ConvergeStop(float(iou), int(frames))
+    except (ValueError, SamEd2Error) as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected IOU,FRAMES such as 0.98,3 (IoU in (0, 1], frames >= 1), got {text!r}: {exc}"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

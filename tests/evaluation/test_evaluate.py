@@ -10,12 +10,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from napari_samed2.engine import Session
+from napari_samed2.engine import ConvergeStop, Session
 from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.errors import ExistingFileError
-from napari_samed2.evaluation import EvalCase, EvalProtocol, evaluate, evaluate_cases, run_case
+from napari_samed2.evaluation import EvalCase, EvalProtocol, EvaluationResults, evaluate, evaluate_cases, run_case
 from napari_samed2.evaluation.prompts import correction_click, start_prompt, with_click
 from napari_samed2.evaluation.protocol import object_prediction
+from napari_samed2.evaluation.report import summary_markdown
 
 SPACING = (2.0, 0.8, 0.8)
 
@@ -150,3 +151,45 @@ def test_every_command_line_option_is_a_parameter_of_evaluate_cases():
     parameters = set(inspect.signature(evaluate_cases).parameters)
     options = {a.dest for a in build_parser()._actions if a.dest != "help"} - _NOT_PARAMETERS
     assert options <= parameters, options - parameters
+
+
+def test_the_protocols_converge_stop_reaches_the_re_propagation(tiny_model, monkeypatch):
+    """The simulated user re-propagates with the protocol's converge-stop: the same clicks,
+    fewer slices recomputed after them, and the rows name the protocol."""
+    asked = []
+    original = Session.repropagate
+
+    def spy(self, converge=None):
+        asked.append(converge)
+        return original(self, converge)
+
+    monkeypatch.setattr(Session, "repropagate", spy)
+    case = EvalCase.from_arrays(*two_objects(shape=(12, 40, 48)), spacing=SPACING, name="long")
+    rule = ConvergeStop(iou=0.9, frames=2)
+    full = list(run_case(tiny_model, case, EvalProtocol(clicks=1), "stock"))
+    assert asked and set(asked) == {None}
+    asked.clear()
+    stopped = list(run_case(tiny_model, case, EvalProtocol(clicks=1, converge=rule), "stock"))
+    assert asked and set(asked) == {rule}
+    assert {r.protocol for r in full} == {"box+1clicks"}
+    assert {r.protocol for r in stopped} == {"box+1clicks+converge0.9x2"}
+    corrections = [(a, b) for a, b in zip(full, stopped, strict=True) if a.step > 0]
+    assert [(a.frame, a.prompt) for a, _ in corrections] == [(b.frame, b.prompt) for _, b in corrections]
+    assert all(0 < b.frames_tracked <= a.frames_tracked for a, b in corrections)
+    assert sum(b.frames_tracked for _, b in corrections) < sum(a.frames_tracked for a, _ in corrections)
+    assert [r.frames_tracked for r in full if r.step == 0] == [13, 13]  # both ways: the start slice in each
+
+
+def test_converge_stop_on_the_command_line():
+    from napari_samed2.evaluate import build_parser
+
+    required = ["image", "label", "--out", "o"]
+    parser = build_parser()
+    assert parser.parse_args(required).converge is None
+    assert parser.parse_args([*required, "--converge-stop"]).converge == ConvergeStop(0.98, 3)
+    assert parser.parse_args([*required, "--converge-stop", "0.9,5"]).converge == ConvergeStop(0.9, 5)
+    for bad in ("1.5,3", "0.9", "0.9,x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*required, "--converge-stop", bad])
+    results = EvaluationResults((), EvalProtocol(converge=ConvergeStop()), "model", ())
+    assert "Protocol box+5clicks+converge0.98x3: each re-propagation stops once 3" in summary_markdown(results, [])

@@ -201,6 +201,7 @@ def test_cancel_keeps_the_slices_done(panel, qtbot):
 
 
 def test_correction_repropagates_only_later_slices_and_keeps_painted_slices(panel, qtbot):
+    panel.converge_check.setChecked(False)  # every stale slice is recomputed
     panel.direction_choice.setCurrentText("forward")
     _run(panel, qtbot, _click, panel, 0, 30, 32)
     _run(panel, qtbot, panel.propagate)
@@ -218,6 +219,27 @@ def test_correction_repropagates_only_later_slices_and_keeps_painted_slices(pane
     np.testing.assert_array_equal(panel.output_layer.data[6], panel.session.result(6).labels((64, 64)))
     panel.undo()
     np.testing.assert_array_equal(panel.output_layer.data[6], painted)
+
+
+def test_repropagation_stops_where_masks_agree_and_a_full_re_run_finishes(panel, qtbot):
+    assert panel.converge_check.isChecked() and not panel.converge_check.isHidden()
+    assert "IoU \u2265 0.98 on 3 slices" in panel.converge_check.text() and panel.converge_check.toolTip()
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, _click, panel, 0, 30, 32)
+    _run(panel, qtbot, panel.propagate)
+    assert not panel.full_rerun_button.isEnabled()  # nothing stale
+    _run(panel, qtbot, _click, panel, 2, 2, 2, False)  # a correction far from the disk
+    assert panel.session.stale[1] == {3, 4, 5, 6, 7} and panel.full_rerun_button.isEnabled()
+    message = _run(panel, qtbot, panel.repropagate)
+    kept = panel.session.stale[1]
+    assert kept == {6, 7}  # 3, 4, 5 reproduced their earlier masks: the run stopped there
+    assert "2 slices kept their earlier masks and are still marked stale (Full re-run" in message
+    assert panel.full_rerun_button.isEnabled()
+    np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
+    message = _run(panel, qtbot, panel.full_rerun_button.click)
+    assert message.startswith("Full re-run: 2 slices updated.") and "stale" not in message
+    assert not panel.session.stale[1] and not panel.full_rerun_button.isEnabled()
+    np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
 
 
 def test_painted_mask_becomes_the_slice_prompt(panel, qtbot):
@@ -275,6 +297,7 @@ def test_no_model_no_start(make_napari_viewer):
 
 
 def test_repropagate_request_from_the_inspector_runs_here(panel, qtbot):
+    panel.converge_check.setChecked(False)  # every stale slice is recomputed
     panel.direction_choice.setCurrentText("forward")
     _run(panel, qtbot, _click, panel, 0, 30, 32)
     _run(panel, qtbot, panel.propagate)

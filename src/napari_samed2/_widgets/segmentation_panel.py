@@ -67,7 +67,7 @@ from napari_samed2._widgets.session_files import (
     write_session_folder,
 )
 from napari_samed2._widgets.state import shared_state
-from napari_samed2.engine import FramePrompt, FrameResult, Session, Volume
+from napari_samed2.engine import ConvergeStop, FramePrompt, FrameResult, Session, Volume
 from napari_samed2.engine.labels import LabelVolume
 from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.engine.prompts import POSITIVE
@@ -89,7 +89,9 @@ SHORTCUTS = {
     "Alt-C": "cancel the running job",
 }
 INSPECTOR_REFRESH_S = 1.0  # during a run, the inspector refreshes at most this often
-_ONCE = ("propagate", "re-propagate")  # jobs that would only repeat themselves if queued twice
+_ONCE = ("propagate", "re-propagate", "full re-run")  # jobs that would only repeat themselves if queued twice
+#: the Re-propagate button's stop rule while "Stop re-propagating once masks agree" is on
+CONVERGE = ConvergeStop()
 _USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
 
 
@@ -113,6 +115,7 @@ class _Job:
     args: tuple = ()
     total: int = 0
     overwrite: bool = False  # write over slices edited by hand (the user asked for this slice)
+    converge: bool = False  # a re-propagation that may stop where masks agree, keeping stale slices
     done: set[int] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     cancelled: bool = False
@@ -269,6 +272,18 @@ class SegmentationPanel(QWidget):
         self.propagate_button.clicked.connect(lambda: self.propagate())
         self.repropagate_button = QPushButton("Re-propagate stale slices")
         self.repropagate_button.clicked.connect(lambda: self.repropagate())
+        self.converge_check = QCheckBox(
+            f"Stop re-propagating once masks agree (IoU \u2265 {CONVERGE.iou:g} on {CONVERGE.frames} slices)"
+        )
+        self.converge_check.setToolTip(
+            "After a correction, Re-propagate stops where the new masks match the earlier ones on "
+            f"{CONVERGE.frames} slices in a row (IoU \u2265 {CONVERGE.iou:g}): the slices after keep their masks "
+            "and stay marked stale. Full re-run recomputes every stale slice."
+        )
+        self.converge_check.setChecked(True)
+        self.full_rerun_button = QPushButton("Full re-run")
+        self.full_rerun_button.setToolTip("Recompute every stale slice, without stopping where masks agree")
+        self.full_rerun_button.clicked.connect(lambda: self.repropagate(full=True))
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
@@ -422,6 +437,10 @@ class SegmentationPanel(QWidget):
         row = QHBoxLayout()
         for widget in (self.propagate_button, self.repropagate_button, self.cancel_button):
             row.addWidget(widget)
+        form.addRow(row)
+        row = QHBoxLayout()
+        row.addWidget(self.converge_check)
+        row.addWidget(self.full_rerun_button)
         form.addRow(row)
         form.addRow(self.progress)
 
@@ -874,28 +893,31 @@ class SegmentationPanel(QWidget):
         first, last = limits or (0, len(self.session.volume) - 1)
         self._submit("propagate", work, total=last - first + 1)
 
-    def repropagate(self) -> None:
-        """Recompute the slices made stale by corrections, pins or evictions."""
+    def repropagate(self, full: bool = False) -> None:
+        """Recompute the slices made stale by corrections, pins or evictions: up to where the
+        masks agree again while the converge checkbox is on, all of them with ``full``."""
         if self.session is None or self._refuse_without_model():
             return
         total = sum(len(frames) for frames in self.session.stale.values())
         if not total:
             self._say("Nothing to re-propagate: no slice is stale.")
             return
+        converge = None if full or not self.converge_check.isChecked() else CONVERGE
+
         def work():
-            for result in self.session.repropagate():
+            for result in self.session.repropagate(converge):
                 yield _Step(result)
 
-        self._submit("re-propagate", work, total=total)
+        self._submit("full re-run" if full else "re-propagate", work, total=total, converge=converge is not None)
 
     # jobs --------------------------------------------------------------------------------
-    def _submit(self, name: str, work, *args, total: int = 0, overwrite: bool = False) -> None:
+    def _submit(self, name: str, work, *args, total: int = 0, overwrite: bool = False, converge: bool = False) -> None:
         """Queue a job; jobs run one after the other in a worker thread. A propagation that
         is already running or waiting is not queued twice; a job that has to wait says so."""
         if name in _ONCE and name in self._job_names():
             self._say(f"{name.capitalize()} is already running or waiting: it was not queued again.")
             return
-        self._jobs.append(_Job(name, work, args, total, overwrite))
+        self._jobs.append(_Job(name, work, args, total, overwrite, converge))
         if self._worker is None:
             self._next_job()
         else:
@@ -991,7 +1013,12 @@ class SegmentationPanel(QWidget):
             message = f"{name.capitalize()}: {done} slices updated."
         message = " ".join([*job.notes, message])
         stale = sum(len(f) for f in self.session.stale.values()) if self.session is not None else 0
-        if stale:
+        if stale and job.converge and job.error is None and not job.cancelled:
+            message += (
+                f" It stopped where the masks agreed with the earlier ones: {stale} slices kept their earlier "
+                "masks and are still marked stale (Full re-run recomputes them)."
+            )
+        elif stale:
             message += f" {stale} slices are stale: Re-propagate to update them."
         self.state.memory_changed.emit()
         self._say(message)
@@ -1620,6 +1647,7 @@ class SegmentationPanel(QWidget):
         self.repropagate_button.setEnabled(has_session and "re-propagate" not in waiting)
         stale = sum(len(f) for f in self.session.stale.values()) if has_session else 0
         self.repropagate_button.setText(f"Re-propagate {stale} stale slices" if stale else "Re-propagate stale slices")
+        self.full_rerun_button.setEnabled(bool(stale) and "full re-run" not in waiting)
         self.cancel_button.setEnabled(busy)
         self.progress.setVisible(busy)
         undo = self.session.history.next_undo if has_session else None

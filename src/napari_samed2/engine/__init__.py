@@ -1,5 +1,6 @@
 """The headless engine: volumes, prompts, propagation and memory. No Qt, no napari."""
 
+from napari_samed2.engine.converge import ConvergeStop
 from napari_samed2.engine.embedding_cache import EmbeddingCache, EmbeddingCacheWarning
 from napari_samed2.engine.memory import EntrySource, EntryStatus, MemoryEntry, StockPolicy
 from napari_samed2.engine.prompts import FramePrompt
@@ -8,6 +9,7 @@ from napari_samed2.engine.session import Session
 from napari_samed2.engine.volume import Volume
 
 __all__ = [
+    "ConvergeStop",
     "EmbeddingCache",
     "EmbeddingCacheWarning",
     "EntrySource",

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_samed2.engine.converge import ConvergeStop
 from napari_samed2.engine.embedding_cache import EmbeddingCache, default_cache_dir
 from napari_samed2.engine.heap import release_freed_memory
 from napari_samed2.engine.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_STEPS, History, Recorder, Rewind, Step
@@ -286,9 +287,14 @@ class Session:
             if direction in ("backward", "both") and start > 0:
                 yield from self._run(objects, range(start, first - 1, -1), reverse=True, run=run)
 
-    def repropagate(self) -> Iterator[FrameResult]:
+    def repropagate(self, converge: ConvergeStop | None = None) -> Iterator[FrameResult]:
         """Recompute exactly the stale frames (those derived from a changed frame), each run
-        from the prompted frame it derives from; stopping early leaves the rest stale."""
+        from the prompted frame it derives from; stopping early leaves the rest stale.
+
+        With ``converge``, each run stops once that many consecutive recomputed frames
+        reproduce their earlier masks (see :class:`.ConvergeStop`): the frames after keep
+        their earlier masks and stay in :attr:`stale`, which is how a caller tells what was
+        kept; a later ``repropagate()`` recomputes them from where the run stopped."""
         run = _Run("re-propagate stale slices")
         with self._running():
             for object_id in self.object_ids:
@@ -297,7 +303,8 @@ class Session:
                     continue
                 for first, last, reverse in self._stale_runs(object_id):
                     step = -1 if reverse else 1
-                    yield from self._run({object_id: memory}, range(first, last + step, step), reverse=reverse, run=run)
+                    frames = range(first, last + step, step)
+                    yield from self._run({object_id: memory}, frames, reverse=reverse, run=run, converge=converge)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -341,10 +348,13 @@ class Session:
         return prompted
 
     def _run(
-        self, objects: dict[int, ObjectMemory], order: range, reverse: bool, run: _Run
+        self, objects: dict[int, ObjectMemory], order: range, reverse: bool, run: _Run,
+        converge: ConvergeStop | None = None,
     ) -> Iterator[FrameResult]:
         """Track ``objects`` over ``order``. Each frame is recorded as a step of ``run``; the
-        steps of one run merge into one undo step, however far the run gets.
+        steps of one run merge into one undo step, however far the run gets. With
+        ``converge``, the run ends after ``converge.frames`` consecutive frames on which every
+        object was recomputed and agrees with its earlier entry.
 
         Objects removed between two frames (by the GUI, while this runs in a worker) leave the
         run at the next frame; objects added, or removed and added again under the same id,
@@ -352,17 +362,22 @@ class Session:
         before and after it."""
         with self.lock, self._step(run.description, run=run):
             self._commit_pending([i for i, memory in objects.items() if self.memories.get(i) is memory])
+        agreeing = 0  # consecutive frames that reproduced their earlier masks
         for frame in order:
             with self.lock, self.model.inference(), self._step(run.description, run=run) as record:
                 objects = {i: memory for i, memory in objects.items() if self.memories.get(i) is memory}
                 if not objects:
                     return
+                agrees = converge is not None
                 for object_id, memory in objects.items():
                     entry = memory.entries.get(frame)
                     record.tracked(object_id, frame)
                     record.stale(object_id)
-                    if entry is None or not entry.conditioning:
+                    if entry is not None and entry.conditioning:
+                        agrees = False  # not recomputed: it says nothing about convergence
+                    else:
                         new = self._track(memory, frame, is_init_cond_frame=False, reverse=reverse, encode_memory=True)
+                        agrees = agrees and converge.agrees(entry, new, self.model.spec.mask_threshold)
                         if entry is not None:
                             new.status = entry.status  # the user's pin or evict outlives a re-run
                         record.entry(object_id, frame)
@@ -376,6 +391,9 @@ class Session:
                 result = self.result(frame)
             release_freed_memory()
             yield result
+            agreeing = agreeing + 1 if agrees else 0
+            if converge is not None and agreeing >= converge.frames:
+                return
 
     def _commit_pending(self, object_ids: list[int]) -> None:
         """Encode the memory of prompted frames, as sam2 does when propagation starts."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_samed2.engine.converge import ConvergeStop
 from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.errors import ExistingFileError
 from napari_samed2.evaluation.cases import (
@@ -106,6 +107,7 @@ def evaluate_cases(
     seed: int = 0,
     start: str = "box",
     nsd_tolerance_mm: float = 2.0,
+    converge: ConvergeStop | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     progress=None,
@@ -115,9 +117,12 @@ def evaluate_cases(
     Every case and the output folder are checked before the model runs. With ``out``, each
     finished step is appended to ``results.partial.csv`` (kept if the run stops early), and
     the complete results.csv, summary.csv, summary.md and dice_per_click.png replace it at
-    the end. ``progress`` is called with each :class:`EvalProgress`.
+    the end. ``progress`` is called with each :class:`EvalProgress`. ``converge``: the simulated
+    user's re-propagation after a correction stops where masks agree again (``None``: full re-run).
     """
-    protocol = EvalProtocol(start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed)
+    protocol = EvalProtocol(
+        start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed, converge=converge
+    )
     policies = _check_policies(policies)
     cases = [c if isinstance(c, EvalCase) else EvalCase.from_files(*c) for c in cases]
     if not cases:

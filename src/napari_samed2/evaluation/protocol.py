@@ -2,8 +2,9 @@
 
 Per object: step 0 puts the start prompt (a box, or one click) on the middle slice of the
 object's extent and propagates both ways; steps 1..K each click the centre of the largest
-3D error and run the re-propagation a user would run (``Session.repropagate``). After every
-step the object's mask volume is scored. There is no second copy of the tracking code: the
+3D error and run the re-propagation a user would run (``Session.repropagate``: a full re-run,
+or with ``EvalProtocol.converge`` one that stops where the masks agree again, as the GUI does by
+default). After every step the object's mask volume is scored. There is no second copy of the tracking code: the
 masks scored are the ones the plugin would show.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_samed2.engine import EmbeddingCache, FramePrompt, Session
+from napari_samed2.engine import ConvergeStop, EmbeddingCache, FramePrompt, Session
 from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.evaluation.cases import EvalCase
 from napari_samed2.evaluation.metrics import (
@@ -32,13 +33,17 @@ POLICIES = ("stock", "confidence")
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    """How the simulated user behaves and how steps are scored (CVPR 2025 challenge defaults)."""
+    """How the simulated user behaves and how steps are scored (CVPR 2025 challenge defaults).
+
+    ``converge``: how the user re-propagates after a correction; ``None`` recomputes every
+    stale slice, a :class:`ConvergeStop` stops where the masks agree again (the GUI's default)."""
 
     start: str = "box"  # "box" or "click"
     clicks: int = 5  # correction clicks after the start prompt
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM
     dice_target: float = DICE_TARGET
     seed: int = 0  # tie-breaking between equally good click positions
+    converge: ConvergeStop | None = None
 
     def __post_init__(self) -> None:
         if self.start not in START_PROMPTS:
@@ -47,10 +52,18 @@ class EvalProtocol:
             raise ValueError(f"clicks must be a whole number >= 0, not {self.clicks!r}")
         if not self.nsd_tolerance_mm >= 0:
             raise ValueError(f"the NSD tolerance must be >= 0 mm, not {self.nsd_tolerance_mm!r}")
+        if self.converge is not None and not isinstance(self.converge, ConvergeStop):
+            raise ValueError(
+                f"converge must be None or a ConvergeStop, e.g. ConvergeStop(0.98, 3); got {self.converge!r}"
+            )
 
     @property
     def name(self) -> str:
-        return f"{self.start}+{self.clicks}clicks"
+        """E.g. ``box+5clicks`` (full re-runs) or ``box+5clicks+converge0.98x3``."""
+        name = f"{self.start}+{self.clicks}clicks"
+        if self.converge is not None:
+            name += f"+converge{self.converge.iou:g}x{self.converge.frames}"
+        return name
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,9 @@ class StepRecord:
     ``negative`` (corrections), ``none`` when the mask was already exact and there was
     nothing to click. ``row``/``col`` locate the click (NaN for a box, whose corners are in
     ``box``). ``frames_encoded`` counts image-encoder runs in the step (the first step of a
-    session pays for encoding the volume).
+    session pays for encoding the volume), ``frames_tracked`` the slices its propagation
+    computed (fewer with a converge-stop). ``protocol`` is :attr:`EvalProtocol.name`, so rows
+    of runs with different protocols can be put side by side.
     """
 
     case: str
@@ -78,6 +93,8 @@ class StepRecord:
     nsd: float
     seconds: float
     frames_encoded: int
+    frames_tracked: int
+    protocol: str
 
 
 def run_case(
@@ -121,22 +138,20 @@ def _run_object(
     rng = np.random.default_rng([protocol.seed, case_index, object_id])
     scorer = _Scorer(session, truth, spacing, protocol, policy, case.name, object_id)
 
-    def segment_and_propagate() -> None:
+    def segment_and_propagate() -> int:
         session.segment_frame(frame, object_id, prompt)
-        for _ in session.propagate("both", object_ids=[object_id]):
-            pass
+        return sum(1 for _ in session.propagate("both", object_ids=[object_id]))
 
-    def click_and_repropagate() -> None:
+    def click_and_repropagate() -> int:
         session.segment_frame(click.frame, object_id, prompt)
-        for _ in session.repropagate():
-            pass
+        return sum(1 for _ in session.repropagate(protocol.converge))
 
     frame, prompt = start_prompt(truth, spacing, rng, protocol.start)
     yield scorer.step(0, protocol.start, frame, prompt, segment_and_propagate)
     for step in range(1, protocol.clicks + 1):
         click = correction_click(truth, scorer.prediction, spacing, rng)
         if click is None:  # the mask is exact: the user has nothing to click, the mask stays
-            yield scorer.step(step, "none", -1, None, lambda: None)
+            yield scorer.step(step, "none", -1, None, lambda: 0)
             continue
         prompt = with_click(session.prompts[object_id].get(click.frame), click)
         kind = "positive" if click.positive else "negative"
@@ -158,7 +173,7 @@ class _Scorer:
 
     def step(self, step: int, kind: str, frame: int, prompt: FramePrompt | None, action) -> StepRecord:
         encoded, start = self.session.frames_encoded, time.perf_counter()
-        action()
+        tracked = action()
         seconds = time.perf_counter() - start
         self.prediction = object_prediction(self.session, self.object_id)
         row = col = float("nan")
@@ -170,7 +185,8 @@ class _Scorer:
             row=row, col=col, box=" ".join(f"{v:g}" for v in prompt.box) if kind == "box" else "",
             dice=dice(self.prediction, self.truth),
             nsd=normalized_surface_dice(self.prediction, self.truth, self.spacing, self.protocol.nsd_tolerance_mm),
-            seconds=seconds, frames_encoded=self.session.frames_encoded - encoded,
+            seconds=seconds, frames_encoded=self.session.frames_encoded - encoded, frames_tracked=tracked,
+            protocol=self.protocol.name,
         )
 
 

@@ -115,6 +115,8 @@ def summary_markdown(results: EvaluationResults, summaries: Sequence[ObjectSumma
         f"re-propagation). NSD tolerance {protocol.nsd_tolerance_mm:g} mm; clicks to Dice "
         f"{protocol.dice_target:g} are capped at {protocol.clicks + 1} when never reached. Seed {protocol.seed}.",
         "",
+        f"Protocol {protocol.name}: {_repropagation(protocol)}",
+        "",
     ]
     lines += [f"- {note}" for note in results.notes]
     if results.notes:
@@ -197,6 +199,16 @@ def _by_policy(rows: Iterable) -> dict[str, list]:
 
 def _median_mean(values: Sequence[float]) -> str:
     return f"{statistics.median(values):.3g} ({statistics.fmean(values):.3g})"
+
+
+def _repropagation(protocol: EvalProtocol) -> str:
+    converge = protocol.converge
+    if converge is None:
+        return "each re-propagation recomputes every stale slice."
+    return (
+        f"each re-propagation stops once {converge.frames} consecutive slices agree with their earlier "
+        f"masks (IoU >= {converge.iou:g}), keeping the rest."
+    )
 
 
 def _step_name(step: int, protocol: EvalProtocol) -> str:
