@@ -6,11 +6,19 @@ then one correction click in the middle and the re-propagation a user would run 
 full re-run from the first prompt; ours: ``Session.repropagate``). It records seconds per
 frame, peak RSS, RSS growth per frame and the correction time, and writes a Markdown table.
 
+Two more rows show what a user of the GUI gets: ``ours (..., GUI)`` encodes every slice first
+(what the panel does in the background while the user looks for the object; its time is
+reported apart) and re-propagates the correction with converge-stop (the panel's default).
+With ``--device cuda``, ``stock vos_optimized`` is sam2's compiled predictor
+(``build_sam2_video_predictor(..., vos_optimized=True)``: every component compiled with
+max-autotune); its compilation runs in the warm-up, outside the timings.
+
     python benchmarks/bench_engine.py                      # 512 px, N = 16 64 256, CPU
     python benchmarks/bench_engine.py --frames 16 --size 256 --out /tmp/bench.md   # quick
     python benchmarks/bench_engine.py --device cuda --out docs/benchmarks_cuda.md  # on a GPU
     python benchmarks/bench_engine.py --frames 64 --repeats 3 --out /tmp/bench.md   # medians
     python benchmarks/bench_engine.py --model sam2.1-base-plus --frames 16 --out /tmp/b.md
+    python benchmarks/bench_engine.py --frames 64 --gui --out /tmp/bench.md       # + the GUI rows
 
 Random weights (no download here) in the real SAM 2.1 architectures (tiny unless ``--model``
 says otherwise): speed and memory depend on the architecture and image size, not on the
@@ -61,21 +69,42 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+IMPL_NAMES = {
+    "stock": "stock", "stock-vos": "stock vos_optimized", "ours": "ours ({policy})", "gui": "ours ({policy}, GUI)",
+}
+
+
+def compile_like_vos_optimized(sam) -> None:
+    """Turn a loaded predictor into what ``build_sam2_video_predictor(vos_optimized=True)``
+    builds: sam2's ``SAM2VideoPredictorVOS`` (its compile-friendly methods, every component
+    compiled) with the image encoder compiled as ``compile_image_encoder=True`` does."""
+    import torch
+    from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
+
+    sam.__class__ = SAM2VideoPredictorVOS
+    sam._compile_all_components()
+    sam.image_encoder.forward = torch.compile(sam.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False)
+
+
 def run_child(
-    impl: str, frames: int, size: int, checkpoint: str, policy: str, device: str, architecture: str, warm_up: bool = True
+    impl: str, frames: int, size: int, checkpoint: str, policy: str, device: str, architecture: str,
+    warm_up: bool = True, model=None,
 ) -> dict:
     import torch
 
     from napari_samed2 import load_model
-    from napari_samed2.engine import FramePrompt, Session, Volume
+    from napari_samed2.engine import ConvergeStop, FramePrompt, Session, Volume
 
     torch.set_num_threads(os.cpu_count() or 1)
     # "auto" precision: float32 on CPU, bf16 autocast on CUDA (how SAM-2 is run there); stock
     # runs inside the same context.
-    model = load_model(checkpoint, architecture=architecture, device=device, image_size=size)
+    if model is None:
+        model = load_model(checkpoint, architecture=architecture, device=device, image_size=size)
     cuda = model.device.type == "cuda"
-    if cuda and warm_up:  # CUDA context, kernel loading and cuDNN's choices, outside the timings
-        run_child(impl, 4, size, checkpoint, policy, device, architecture, warm_up=False)
+    if cuda and warm_up:  # CUDA context, kernels, cuDNN's choices (and compilation): not timed
+        if impl == "stock-vos":
+            compile_like_vos_optimized(model.sam)
+        run_child(impl, 4, size, checkpoint, policy, device, architecture, warm_up=False, model=model)
         torch.cuda.reset_peak_memory_stats()
 
     def synchronize() -> None:
@@ -90,11 +119,11 @@ def run_child(
     correction = np.array([[100 + 50 * t_mid, 90 + 70 * t_mid], [10.0, 10.0]])
     baseline = rss_bytes()
     result: dict = {
-        "impl": impl if impl == "stock" else f"ours ({policy})", "frames": frames, "size": size,
+        "impl": IMPL_NAMES[impl].format(policy=policy), "frames": frames, "size": size,
         "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(model.dtype).removeprefix("torch."),
     }
 
-    if impl == "stock":
+    if impl in ("stock", "stock-vos"):
         import sam2.sam2_video_predictor as stock_module
 
         sam = model.sam
@@ -124,8 +153,18 @@ def run_child(
     else:
         session = Session(model, volume, policy=policy)
         obj = session.add_object()
+        if impl == "gui":  # the panel encodes the slices while the user looks for the object
+            start = time.perf_counter()
+            for _ in session.encode():
+                pass
+            synchronize()
+            result["encode_ahead_s"] = time.perf_counter() - start
+            result["frames_encoded_ahead"] = session.frames_encoded
+            result["rss_added_mb_encoded"] = (rss_bytes() - baseline) / 2**20
         start = time.perf_counter()
         session.segment_frame(0, obj, FramePrompt(click, [1]))
+        synchronize()
+        result["click_ms"] = (time.perf_counter() - start) * 1000
         masks = {r.frame: r.objects[obj].mask for r in session.propagate("forward")}
         synchronize()
         result["first_s"] = time.perf_counter() - start
@@ -133,9 +172,12 @@ def run_child(
         start = time.perf_counter()
         corrected = session.segment_frame(correction_frame, obj, FramePrompt(correction, [1, 0]))
         masks[correction_frame] = corrected.objects[obj].mask  # re-run only when frames follow it
-        masks.update({r.frame: r.objects[obj].mask for r in session.repropagate()})
+        converge = ConvergeStop() if impl == "gui" else None
+        rerun = {r.frame: r.objects[obj].mask for r in session.repropagate(converge=converge)}
+        masks.update(rerun)
         synchronize()
         result["correction_s"] = time.perf_counter() - start
+        result["frames_rerun"] = len(rerun)
         result["frames_encoded"] = session.frames_encoded
     result["s_per_frame"] = result["first_s"] / frames
     result["peak_rss_mb"] = peak_rss_bytes() / 2**20
@@ -155,6 +197,10 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=["stock"], help="memory policies of our engine to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     parser.add_argument("--rows", type=Path, help="only write the report from the JSON lines a run printed")
+    parser.add_argument("--gui", action="store_true",
+                        help="add the GUI's rows: slices encoded before the click, converge-stop re-run")
+    parser.add_argument("--vos-optimized", action="store_true",
+                        help="on CUDA, add stock's compiled vos_optimized predictor (compiling takes minutes)")
     parser.add_argument("--child", nargs=4, metavar=("IMPL", "FRAMES", "CHECKPOINT", "POLICY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -175,7 +221,12 @@ def main() -> None:
     rows = []
     for frames in args.frames:
         for repeat in range(args.repeats):
-            for impl, policy in [("stock", "stock"), *[("ours", p) for p in args.policies]]:
+            runs = [("stock", "stock"), *[("ours", p) for p in args.policies]]
+            if args.device != "cpu" and args.vos_optimized:
+                runs.insert(1, ("stock-vos", "stock"))
+            if args.gui:
+                runs += [("gui", p) for p in args.policies]
+            for impl, policy in runs:
                 command = [
                     sys.executable, __file__, "--size", str(args.size), "--device", args.device,
                     "--model", args.model, "--child", impl, str(frames), str(checkpoint), policy,
@@ -187,7 +238,8 @@ def main() -> None:
     write_report(rows, args)
 
 
-FIGURES = ("first_s", "s_per_frame", "correction_s", "peak_rss_mb", "rss_added_mb", "peak_gpu_mb")
+FIGURES = ("first_s", "s_per_frame", "correction_s", "peak_rss_mb", "rss_added_mb", "peak_gpu_mb",
+           "encode_ahead_s", "frames_rerun", "click_ms")
 
 
 def medians(rows: list[dict]) -> list[dict]:
@@ -200,11 +252,11 @@ def medians(rows: list[dict]) -> list[dict]:
     return out
 
 
-def ratio_range(rows: list[dict], ours: dict, figure: str, digits: int) -> str:
-    """The spread of stock / ours over runs paired by repeat, when there was more than one."""
+def ratio_range(rows: list[dict], ours: dict, figure: str, digits: int, baseline: str = "stock") -> str:
+    """The spread of baseline / ours over runs paired by repeat, when there was more than one."""
     ratios = []
     for run in (r for r in rows if r["impl"] == ours["impl"] and r["frames"] == ours["frames"]):
-        stock = next(r for r in rows if r["impl"] == "stock" and r["frames"] == run["frames"]
+        stock = next(r for r in rows if r["impl"] == baseline and r["frames"] == run["frames"]
                      and r.get("repeat", 0) == run.get("repeat", 0))
         ratios.append(stock[figure] / run[figure])
     return f" ({min(ratios):.{digits}f}-{max(ratios):.{digits}f}x over {len(ratios)} runs)" if len(ratios) > 1 else ""
@@ -215,8 +267,8 @@ def slope(row: dict, previous: dict, figure: str) -> float:
     return (row[figure] - previous[figure]) / (row["frames"] - previous["frames"])
 
 
-def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _figure(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def write_report(runs: list[dict], args) -> None:
@@ -226,10 +278,13 @@ def write_report(runs: list[dict], args) -> None:
 
     rows = medians(runs)
     gpu = "peak_gpu_mb" in rows[0]
+    gui = any("encode_ahead_s" in r for r in rows)
     options = f" --policies {' '.join(args.policies)}"
     options += f" --model {args.model}" if args.model != "sam2.1-tiny" else ""
     options += f" --repeats {args.repeats}" if args.repeats > 1 else ""
     options += f" --device {args.device}" if args.device != "cpu" else ""
+    options += " --gui" if args.gui else ""
+    options += " --vos-optimized" if args.vos_optimized and args.device != "cpu" else ""
     lines = [
         "# Benchmarks",
         "",
@@ -247,12 +302,22 @@ def write_report(runs: list[dict], args) -> None:
         "propagation added (the input array excluded); the two growth columns are the slopes of \"RSS added\"",
         "and of peak RSS from the previous N, i.e. what each extra frame costs (none at the first N: a slope",
         "needs two). Our embedding cache keeps at most 256 MiB in memory (the rest in a temporary folder), so",
-        "up to N = 64 its filling is part of the growth. Each run is a fresh process"
+        "up to N = 64 its filling is part of the growth."
+        + (" The GUI rows are what the segmentation panel does: every slice encoded before the click (in the"
+           " background while the user finds the object; \"encoded ahead\" is that time, not counted in \"first\"),"
+           " and the correction re-run with converge-stop (it stops once 3 slices in a row agree with their"
+           " earlier masks at IoU >= 0.98; \"frames re-run\" counts them). \"Click to mask\" is the first"
+           " click's segmentation, on a slice not yet encoded (ours) or encoded ahead (GUI)." if gui else "")
+        + (" `stock vos_optimized` is sam2's compiled predictor; its compilation is in the untimed warm-up."
+           if any(r["impl"] == IMPL_NAMES["stock-vos"] for r in rows) else "")
+        + " Each run is a fresh process"
         + (f"; each row is the median of {args.repeats} runs, interleaved with the other rows' runs." if args.repeats > 1 else "."),
         "",
         "| implementation | N | s/frame (first) | first total (s) | correction re-run (s) | peak RSS (MiB) | RSS added (MiB)"
-        " | growth per frame (MiB) | peak growth per frame (MiB) |" + (" peak GPU memory (MiB) |" if gpu else ""),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""),
+        " | growth per frame (MiB) | peak growth per frame (MiB) |" + (" peak GPU memory (MiB) |" if gpu else "")
+        + (" encoded ahead (s) | frames re-run | click to mask (ms) |" if gui else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else "")
+        + (" ---: | ---: | ---: |" if gui else ""),
     ]
     for row in rows:
         previous = [r for r in rows if r["impl"] == row["impl"] and r["frames"] < row["frames"]]
@@ -263,15 +328,24 @@ def write_report(runs: list[dict], args) -> None:
             f"{row['correction_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['rss_added_mb']:.0f} | "
             f"{_figure(row['growth'])} | {_figure(row['peak_growth'])} |"
             + (f" {row['peak_gpu_mb']:.0f} |" if gpu else "")
+            + (f" {_figure(row.get('encode_ahead_s'), 1)} | {_figure(row.get('frames_rerun'), 0)} |"
+               f" {_figure(row.get('click_ms'), 0)} |" if gui else "")
         )
     lines += ["", "Ratios (stock / ours) per N" + (", of the medians" if args.repeats > 1 else "") + ":", ""]
     for frames in args.frames:
         stock = next(r for r in rows if r["frames"] == frames and r["impl"] == "stock")
-        for ours in (r for r in rows if r["frames"] == frames and r["impl"] != "stock"):
+        vos = next((r for r in rows if r["frames"] == frames and r["impl"] == IMPL_NAMES["stock-vos"]), None)
+        for ours in (r for r in rows if r["frames"] == frames and not r["impl"].startswith("stock")):
             lines.append(
                 f"- N={frames}, {ours['impl']}: first propagation {stock['first_s'] / ours['first_s']:.2f}x"
-                f"{ratio_range(runs, ours, 'first_s', 2)}, correction re-run"
-                f" {stock['correction_s'] / ours['correction_s']:.1f}x faster{ratio_range(runs, ours, 'correction_s', 1)}"
+                f"{ratio_range(runs, ours, 'first_s', 2)}"
+                + (f" ({vos['first_s'] / ours['first_s']:.2f}x stock vos_optimized"
+                   f"{ratio_range(runs, ours, 'first_s', 2, vos['impl'])})" if vos else "")
+                + f", correction re-run {stock['correction_s'] / ours['correction_s']:.1f}x faster"
+                f"{ratio_range(runs, ours, 'correction_s', 1)}"
+                + (f" ({vos['correction_s'] / ours['correction_s']:.1f}x stock vos_optimized)" if vos else "")
+                + (f", with the slices encoded before the click ({ours['encode_ahead_s']:.1f} s) and"
+                   f" {ours['frames_rerun']:.0f} frames re-run" if "encode_ahead_s" in ours else "")
                 + (
                     f"; growth per frame {stock['growth'] / max(ours['growth'], 1e-3):.1f}x smaller,"
                     f" peak growth {stock['peak_growth'] / max(ours['peak_growth'], 1e-3):.1f}x smaller"

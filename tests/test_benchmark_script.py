@@ -45,15 +45,19 @@ def test_medians_and_paired_ratio_ranges():
 def test_benchmark_command_runs_stock_and_ours_side_by_side(tmp_path):
     out = tmp_path / "bench.md"
     env = os.environ | {"TMPDIR": str(tmp_path)}
-    command = [sys.executable, str(SCRIPT), "--frames", "2", "--size", "64", "--repeats", "2", "--out", str(out)]
+    command = [sys.executable, str(SCRIPT), "--frames", "2", "--size", "64", "--repeats", "2", "--gui", "--out", str(out)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     runs = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
     assert sorted((r["impl"], r["repeat"]) for r in runs) == [
-        ("ours (stock)", 0), ("ours (stock)", 1), ("stock", 0), ("stock", 1)
+        ("ours (stock)", 0), ("ours (stock)", 1), ("ours (stock, GUI)", 0), ("ours (stock, GUI)", 1),
+        ("stock", 0), ("stock", 1),
     ]
     assert all(r["first_s"] > 0 and r["correction_s"] > 0 for r in runs)
-    # Two frames, both prompted: the two implementations must agree on every mask.
+    # Two frames, both prompted: the implementations must agree on every mask.
     assert len({r["foreground_fraction"] for r in runs}) == 1
+    # The GUI's way: every slice encoded before the click, none by the propagation after it.
+    gui = [r for r in runs if r["impl"] == "ours (stock, GUI)"]
+    assert all(r["encode_ahead_s"] > 0 and r["frames_encoded"] == r["frames_encoded_ahead"] == 2 for r in gui)
     report = out.read_text()
-    assert "| ours (stock) | 2 |" in report and "| stock | 2 |" in report
-    assert "over 2 runs" in report and "--repeats 2" in report
+    assert "| ours (stock) | 2 |" in report and "| stock | 2 |" in report and "| ours (stock, GUI) | 2 |" in report
+    assert "over 2 runs" in report and "--repeats 2 --gui" in report
