@@ -267,6 +267,26 @@ def slope(row: dict, previous: dict, figure: str) -> float:
     return (row[figure] - previous[figure]) / (row["frames"] - previous["frames"])
 
 
+def replace_section(path: Path, text: str, heading: str) -> None:
+    """Put ``text`` in place of the section of ``path`` that starts with ``heading`` (appended
+    when there is none): each benchmark script owns its section of docs/benchmarks.md."""
+    old = path.read_text() if path.exists() else ""
+    head, found, tail = old.partition(heading)
+    rest = tail[tail.find("\n## ") + 1:] if found and "\n## " in tail else ""
+    text = text.rstrip("\n") + "\n"
+    path.write_text(head.rstrip("\n") + "\n\n" + text + ("\n" + rest if rest else ""))
+
+
+def other_sections(path: Path, own: tuple[str, ...]) -> str:
+    """The sections of ``path`` other than the report's header and the ``own`` ones, to be
+    kept when the report is written again (other scripts' sections: Cohorts, Soak, ...)."""
+    if not path.exists():
+        return ""
+    sections = path.read_text().split("\n## ")[1:]
+    kept = [s for s in sections if not any(f"## {s}".startswith(h) for h in own)]
+    return "".join(f"\n## {s.rstrip()}\n" for s in kept)
+
+
 def _figure(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -354,7 +374,7 @@ def write_report(runs: list[dict], args) -> None:
             )
     if not gpu and args.model == "sam2.1-tiny":
         lines += CPU_READING
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n" + other_sections(args.out, own=(CPU_READING[1],)))
     print(f"wrote {args.out}")
 
 

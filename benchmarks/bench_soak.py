@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_engine import FRAME_SHAPE, rss_bytes, synthetic_volume
+from bench_engine import FRAME_SHAPE, replace_section, rss_bytes, synthetic_volume
 
 SECTION = "## Soak"
 
@@ -89,14 +89,6 @@ def report(rows: list[dict], closed: dict, args) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, text: str) -> None:
-    """Put ``text`` in place of the Soak section of ``path`` (appended when there is none)."""
-    old = path.read_text() if path.exists() else ""
-    head, found, tail = old.partition(SECTION)
-    rest = tail[tail.find("\n## ") + 1:] if found and "\n## " in tail else ""
-    path.write_text(head.rstrip("\n") + "\n\n" + text + ("\n" + rest if rest else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=600)
@@ -107,7 +99,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     args = parser.parse_args()
     rows, closed = soak(args.frames, args.size, args.every, args.device)
-    replace_section(args.out, report(rows, closed, args))
+    replace_section(args.out, report(rows, closed, args), SECTION)
     print(f"wrote the Soak section of {args.out}")
 
 

@@ -61,3 +61,18 @@ def test_benchmark_command_runs_stock_and_ours_side_by_side(tmp_path):
     report = out.read_text()
     assert "| ours (stock) | 2 |" in report and "| stock | 2 |" in report and "| ours (stock, GUI) | 2 |" in report
     assert "over 2 runs" in report and "--repeats 2 --gui" in report
+
+
+def test_each_script_rewrites_only_its_own_section(tmp_path):
+    bench = _load_script()
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\ntable\n\n## Reading the figures\n\nold reading\n\n## Cohorts\n\ncohorts\n\n"
+                   "## Soak\n\nsoak\n")
+    bench.replace_section(doc, "## Cohorts\n\nnew cohorts", "## Cohorts")
+    bench.replace_section(doc, "## Converge-stop\n\nconverge", "## Converge-stop")
+    text = doc.read_text()
+    assert "new cohorts" in text and "\ncohorts" not in text and text.endswith("## Converge-stop\n\nconverge\n")
+    # the engine report is written again from scratch, keeping the other scripts' sections
+    kept = bench.other_sections(doc, own=("## Reading the figures",))
+    assert [line for line in kept.splitlines() if line.startswith("## ")] == ["## Cohorts", "## Soak", "## Converge-stop"]
+    assert "old reading" not in kept and "soak" in kept
