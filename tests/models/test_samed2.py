@@ -87,3 +87,18 @@ def test_samed2_session_segments_and_propagates(samed2_model):
     frames = [r.frame for r in session.propagate("both")]
     assert sorted(frames) == [0, 1, 2, 2, 3, 4]
     assert session.frames_encoded == 5
+
+
+def test_background_encoding_encodes_pairs_and_keeps_the_features(samed2_model):
+    from napari_samed2.engine.prefetch import Prefetcher
+
+    volume = np.random.default_rng(2).normal(100, 30, (5, 48, 48)).astype(np.float32)
+    steps = list(Prefetcher(prefetched := Session(samed2_model, volume), lambda: 3).steps())
+    assert [(s.frame, s.encoded) for s in steps] == [(3, (2, 3)), (4, (4,)), (1, (0, 1))]
+    assert prefetched.frames_encoded == 5
+    plain = Session(samed2_model, volume)
+    with samed2_model.inference():
+        for f in range(5):
+            mine, theirs = plain._features(f), prefetched._features(f)
+            assert all(torch.equal(a, b) for a, b in zip(mine.vision_feats, theirs.vision_feats, strict=True))
+    assert prefetched.frames_encoded == 5  # everything came from the cache

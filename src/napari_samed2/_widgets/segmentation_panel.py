@@ -57,6 +57,7 @@ from napari_samed2._widgets.coordinates import (
     to_layer_data,
 )
 from napari_samed2._widgets.layout import scrolling_layout
+from napari_samed2._widgets.prefetch import BackgroundEncoding
 from napari_samed2._widgets.session_files import (
     SavedSession,
     autosave_folders,
@@ -288,6 +289,7 @@ class SegmentationPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m slices")
+        self.encoding = BackgroundEncoding(self.current_frame, napari_viewer)  # features ready before propagating
 
         self.undo_button = QPushButton("Undo")
         self.undo_button.clicked.connect(self.undo)
@@ -443,6 +445,7 @@ class SegmentationPanel(QWidget):
         row.addWidget(self.full_rerun_button)
         form.addRow(row)
         form.addRow(self.progress)
+        form.addRow(self.encoding)
 
         edit_row = QHBoxLayout()
         edit_row.addWidget(self.undo_button)
@@ -605,6 +608,7 @@ class SegmentationPanel(QWidget):
         self.points_layer.mode = "add"
         self._show_autosave()
         self._refresh_output()
+        self.encoding.start(session)
 
     def _fixed_indices(self, image, axis: int) -> dict[int, int]:
         """Axes that are neither the slicing axis nor on screen stay at the viewer's position."""
@@ -623,6 +627,7 @@ class SegmentationPanel(QWidget):
         self.work.autosave.reset([])  # its last autosave stays, to be resumed
         self.dismiss_offer()
         self.state.set_session(None)
+        self.encoding.stop()
         self._show_autosave()
         self._say(message)
 
@@ -667,6 +672,7 @@ class SegmentationPanel(QWidget):
                 f": re-segmenting the {len(prompts)} prompted slices with it. Other slices show the previous "
                 "model's labels until you press Propagate."
             )
+        self.encoding.start(session)  # the new model's features differ from the old one's
         self._say(message + ".")
 
     # objects -----------------------------------------------------------------------------
@@ -771,7 +777,10 @@ class SegmentationPanel(QWidget):
 
     # prompts -----------------------------------------------------------------------------
     def _prompts_edited(self, event) -> None:
-        if self._muted or getattr(event, "action", "added") not in ("added", "removed", "changed"):
+        if self._muted:
+            return
+        self.encoding.hold()  # also on "adding": the click is segmented next
+        if getattr(event, "action", "added") not in ("added", "removed", "changed"):
             return
         if self.live_mode.isChecked():
             self.apply_prompts()
@@ -931,6 +940,7 @@ class SegmentationPanel(QWidget):
     def _next_job(self) -> None:
         from napari.qt.threading import create_worker
 
+        self.encoding.set_busy(bool(self._jobs))  # encoding in the background waits for the queue
         if not self._jobs:
             self._worker = None
             self.state.job = None
@@ -1039,11 +1049,11 @@ class SegmentationPanel(QWidget):
         to stop after its current slice. Called when the viewer closes: a worker still running
         while Qt deletes the window signalled to deleted objects, and at interpreter exit that
         crashed Python now and then (4 runs in 12). True if nothing runs any more."""
-        learning_stopped = self.continual.shutdown(timeout_s)
+        others_stopped = self.continual.shutdown(timeout_s) & self.encoding.shutdown(timeout_s)
         worker = self._worker
         self._jobs.clear()
         if worker is None:
-            return learning_stopped
+            return others_stopped
         worker.quit()
         deadline = time.monotonic() + timeout_s
         while worker.is_running and time.monotonic() < deadline:
@@ -1052,7 +1062,7 @@ class SegmentationPanel(QWidget):
         QThreadPool.globalInstance().waitForDone(2000)
         if self.work.panel is self:  # its signals still queued must not reach deleted widgets
             self.work.panel = None
-        return learning_stopped and not worker.is_running
+        return others_stopped and not worker.is_running
 
     @property
     def busy(self) -> bool:
@@ -1586,6 +1596,8 @@ class SegmentationPanel(QWidget):
             self.progress.setRange(0, max(self._job.total, 1))
             self.progress.setValue(min(len(self._job.done), self.progress.maximum()))
         self._show_offer()
+        self.encoding.set_busy(self.busy)
+        self.encoding.start(session)
         running = f", running its {self._job.name}" if self.busy and self._job is not None else ""
         objects = len(session.object_ids)
         self._say(
@@ -1614,6 +1626,7 @@ class SegmentationPanel(QWidget):
                      for layer in (self.points_layer, self.shapes_layer) if layer is not None]
         for emitter, callback in emitters:
             emitter.disconnect(callback)
+        self.encoding.stop()
         try:
             self.setEnabled(False)
             self.status.setText("This segmentation goes on in the Segmentation panel opened since.")

@@ -185,6 +185,9 @@ class EmbeddingCache:
         self._remember(key, features)
 
     def _remember(self, key: str, features: list[torch.Tensor]) -> None:
+        replaced = self._memory.pop(key, None)  # put again (e.g. a SAMed-2 partner slice): count it once
+        if replaced is not None:
+            self._used -= _nbytes(replaced)
         self._memory[key] = features
         self._used += _nbytes(features)
         while self._used > self.memory_bytes and len(self._memory) > 1:

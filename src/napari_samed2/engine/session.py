@@ -537,44 +537,74 @@ class Session:
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
 
     def _features(self, frame: int) -> Features:
-        """The frame's image features: from the cache, or the image encoder once.
-
-        SAMed-2's temporal adapter mixes pairs of consecutive slices, so its frames are
-        encoded two at a time, (0, 1), (2, 3), ...; a last odd frame is paired with itself.
-        """
+        """The frame's image features: from the cache, or the image encoder once."""
         sam = self.model.sam
-        key = self.cache_key(frame)
-        fpn = self.cache.get(key, self.model.device)
+        fpn = self.cache.get(self.cache_key(frame), self.model.device)
         if fpn is not None and self._pos_embeds is None:
             self._pos_embeds = [p[:1] for p in position_encodings(sam, fpn)]
         if fpn is None:
-            frames = [frame]
-            if self._paired:
-                first = frame - frame % PAIR
-                frames = [first, min(first + 1, len(self.volume) - 1)]
-            size, preprocessing = self.model.image_size, self.model.spec.preprocessing
-            images = torch.stack([self.volume.model_input(f, size, preprocessing) for f in frames])
-            backbone = sam.forward_image(images.to(self.model.device))
-            self._pos_embeds = [p[:1] for p in backbone["vision_pos_enc"]]
-            for i, f in enumerate(frames):
-                features = [level[i : i + 1].clone() for level in backbone["backbone_fpn"]]
-                self.cache.put(self.cache_key(f), features)
-                if f == frame:
-                    fpn = features
-            self.frames_encoded += len(set(frames))
+            fpn = self._store(*self._encode_slices(frame))[frame]
         return features_from_backbone(sam, fpn, self._pos_embeds)
+
+    def _encode_slices(self, frame: int) -> tuple[dict[int, list[torch.Tensor]], list[torch.Tensor]]:
+        """Run the image encoder for ``frame``: FPN levels (``[1, C, H, W]`` each) by frame, and
+        the position encodings. It reads only the volume and the model, never the session's
+        state, so it may run without :attr:`lock`.
+
+        SAMed-2's temporal adapter mixes pairs of consecutive slices, so its frames are
+        encoded two at a time, (0, 1), (2, 3), ...; a last odd frame is paired with itself
+        (and keeps the second copy's features, as it always has).
+        """
+        frames = [frame]
+        if self._paired:
+            first = frame - frame % PAIR
+            frames = [first, min(first + 1, len(self.volume) - 1)]
+        size, preprocessing = self.model.image_size, self.model.spec.preprocessing
+        images = torch.stack([self.volume.model_input(f, size, preprocessing) for f in frames])
+        backbone = self.model.sam.forward_image(images.to(self.model.device))
+        fpn = {f: [level[i : i + 1].clone() for level in backbone["backbone_fpn"]] for i, f in enumerate(frames)}
+        return fpn, [p[:1] for p in backbone["vision_pos_enc"]]
+
+    def _store(self, fpn: dict[int, list[torch.Tensor]], pos_embeds: list[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
+        """Put what :meth:`_encode_slices` returned into the cache (the caller holds :attr:`lock`)."""
+        self._pos_embeds = pos_embeds
+        for f, features in fpn.items():
+            self.cache.put(self.cache_key(f), features)
+        self.frames_encoded += len(fpn)
+        return fpn
+
+    def prefetch(self, frame: int) -> tuple[int, ...]:
+        """Put ``frame``'s image features into the cache unless they are there already; the
+        frames the image encoder ran for (with its partner slice for SAMed-2; none if cached).
+
+        :attr:`lock` is held only to look into the cache and to put the features there, not
+        while the encoder runs (~0.4 s a slice on a CPU), so a click or a propagation in
+        another thread goes on meanwhile. If that encodes the same frame first, this run's
+        features are dropped: the same work done twice, never two versions in the cache.
+        """
+        frame = self._check_frame(frame)
+        key = self.cache_key(frame)
+        with self.lock:
+            if key in self.cache:
+                return ()
+        with self.model.inference():
+            fpn, pos_embeds = self._encode_slices(frame)
+        with self.lock:
+            if key in self.cache:
+                self.frames_encoded += len(fpn)  # it counts encoder runs, kept or not
+                return ()
+            return tuple(self._store(fpn, pos_embeds))
 
     def encode(self, frames: Iterable[int] | None = None) -> Iterator[int]:
         """Put the image features of ``frames`` (default: every frame) into the cache,
         yielding each frame once it is there; frames already cached are not read back.
         With a persistent cache this is what makes a later session on the volume instant
-        (``python -m napari_samed2.cohort embed`` runs it over a cohort)."""
+        (``python -m napari_samed2.cohort embed`` runs it over a cohort); to encode nearest
+        to a moving position first (the GUI's background encoding), see :mod:`.prefetch`."""
         frames = range(len(self.volume)) if frames is None else frames
         for frame in frames:
             frame = self._check_frame(frame)
-            if self.cache_key(frame) not in self.cache:
-                with self.lock, self.model.inference():
-                    self._features(frame)
+            self.prefetch(frame)
             yield frame
 
     def cache_key(self, frame: int) -> str:
