@@ -137,3 +137,20 @@ def test_the_worker_thread_gets_the_lowest_priority_and_no_other_thread_does():
     thread.start()
     thread.join()
     assert seen == [19] and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_a_new_model_has_the_slices_encoded_again_with_it(make_panel, qtbot, tiny_checkpoint):
+    from napari_samed2 import load_model
+    from tests.conftest import TEST_DEVICE, TEST_IMAGE_SIZE
+
+    panel = make_panel(frames=4)
+    assert panel.start()
+    first = panel.session
+    qtbot.waitUntil(lambda: _all_cached(first), timeout=WAIT_MS)
+    other = load_model(tiny_checkpoint, device=TEST_DEVICE, dtype="float32", image_size=TEST_IMAGE_SIZE // 2)
+    panel.state.set_model(other)  # its features differ: the new session's slices are encoded afresh
+    second = panel.session
+    assert second is not first and second.model is other
+    qtbot.waitUntil(lambda: _all_cached(second), timeout=WAIT_MS)
+    assert second.frames_encoded >= 4
+    qtbot.waitUntil(lambda: panel.encoding.label.text() == "All 4 slices encoded", timeout=WAIT_MS)
