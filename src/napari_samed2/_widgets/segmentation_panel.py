@@ -91,7 +91,7 @@ SHORTCUTS = {
 }
 INSPECTOR_REFRESH_S = 1.0  # during a run, the inspector refreshes at most this often
 _ONCE = ("propagate", "re-propagate", "full re-run")  # jobs that would only repeat themselves if queued twice
-#: the Re-propagate button's stop rule while "Stop re-propagating once masks agree" is on
+#: the Re-propagate button's stop rule while "Stop where masks agree again" is on
 CONVERGE = ConvergeStop()
 _USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
 
@@ -273,9 +273,7 @@ class SegmentationPanel(QWidget):
         self.propagate_button.clicked.connect(lambda: self.propagate())
         self.repropagate_button = QPushButton("Re-propagate stale slices")
         self.repropagate_button.clicked.connect(lambda: self.repropagate())
-        self.converge_check = QCheckBox(
-            f"Stop re-propagating once masks agree (IoU \u2265 {CONVERGE.iou:g} on {CONVERGE.frames} slices)"
-        )
+        self.converge_check = QCheckBox("Stop where masks agree again")  # the rule is in the tooltip: a narrow panel
         self.converge_check.setToolTip(
             "After a correction, Re-propagate stops where the new masks match the earlier ones on "
             f"{CONVERGE.frames} slices in a row (IoU \u2265 {CONVERGE.iou:g}): the slices after keep their masks "
