@@ -145,6 +145,20 @@ def test_base_weights_stay_bit_identical_and_only_adapted_weights_change(model, 
         assert again.frames_encoded == 0
 
 
+def test_modules_trained_in_full_are_saved_in_the_version(model, tmp_path):
+    store = CaseStore.open(tmp_path / "store")
+    new = real_case(model, 0)
+    before = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    result = list(adapt(model, new, store, versions=tmp_path / "versions", mode="naive", steps=2,
+                        train=("decoder",)))[-1].result
+    changed = {k for k, v in result.model.sam.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(k.startswith("sam_mask_decoder.") for k in changed)
+    assert not any(k.startswith(("image_encoder.", "memory_attention.")) for k in changed)
+    assert any(k.endswith(".bias") for k in changed)  # not only the weights LoRA would touch
+    reloaded = load_model(result.version.path, device="cpu", dtype="float32").sam.state_dict()
+    assert all(torch.equal(reloaded[k], result.model.sam.state_dict()[k]) for k in changed)
+
+
 def test_rollback_restores_the_exact_earlier_outputs(model, tmp_path):
     store = CaseStore.open(tmp_path / "store")
     versions = ModelVersions(tmp_path / "versions")
