@@ -109,8 +109,9 @@ def on_side_stream(device: torch.device, work: Callable[[], T], outputs: Callabl
 
     Each CUDA line is needed:
 
-    * a dedicated stream (the lowest priority, as made): the encoder's kernels queue beside
-      the tracker's on the default stream instead of behind them, so both run at once;
+    * a dedicated stream (priority 0, as the default stream's: CUDA has none lower): the
+      encoder's kernels queue beside the tracker's on the default stream instead of behind
+      them, so both run at once;
     * ``wait_stream``: the side stream starts after what the default stream queued before
       (weights loaded or changed there), as work on one stream would;
     * ``synchronize`` in the encoding thread, before the caller puts the outputs into the
