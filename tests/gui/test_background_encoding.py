@@ -154,3 +154,35 @@ def test_a_new_model_has_the_slices_encoded_again_with_it(make_panel, qtbot, tin
     qtbot.waitUntil(lambda: _all_cached(second), timeout=WAIT_MS)
     assert second.frames_encoded >= 4
     qtbot.waitUntil(lambda: panel.encoding.label.text() == "All 4 slices encoded", timeout=WAIT_MS)
+
+
+def test_on_a_cpu_every_job_pauses_it_and_on_cuda_propagations_do_not(make_panel, monkeypatch):
+    panel = make_panel()
+    assert panel.start()
+    encoding = panel.encoding
+    assert not encoding.on_cuda  # the tests run on a CPU
+    assert not encoding.pauses_for([])
+    assert all(encoding.pauses_for([job]) for job in ("segment", "mask prompt", "propagate", "re-propagate"))
+    monkeypatch.setattr(BackgroundEncoding, "on_cuda", property(lambda self: True))  # a GPU, faked
+    assert not any(encoding.pauses_for([job]) for job in ("propagate", "re-propagate", "full re-run"))
+    assert encoding.pauses_for(["segment"]) and encoding.pauses_for(["propagate", "segment"])
+
+
+def test_on_cuda_a_propagation_does_not_pause_it(make_panel, qtbot, monkeypatch):
+    """The GPU faked by the rule's device check only: the engine still runs on the CPU."""
+    monkeypatch.setattr(BackgroundEncoding, "on_cuda", property(lambda self: True))
+    panel = make_panel(frames=32)
+    assert panel.start()
+    qtbot.waitUntil(lambda: panel.session.frames_encoded >= 1, timeout=WAIT_MS)
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS):
+        panel.points_layer.add([5, 30, 30])  # a click still pauses it
+    qtbot.waitUntil(lambda: panel.encoding._worker is not None, timeout=WAIT_MS)  # the quiet time after it ended
+    panel.propagate()
+    labels = []
+    panel._worker.yielded.connect(lambda _step: labels.append(panel.encoding.label.text()))
+    with qtbot.waitSignal(panel.work_finished, timeout=WAIT_MS):
+        pass
+    assert re.fullmatch(r"Slices encoded: \d+/32", labels[0])  # it was encoding when the propagation began
+    assert not any(text.endswith("(paused)") for text in labels)
+    qtbot.waitUntil(lambda: panel.encoding.label.text() == "All 32 slices encoded", timeout=WAIT_MS)
+    assert _all_cached(panel.session)

@@ -102,3 +102,28 @@ def test_background_encoding_encodes_pairs_and_keeps_the_features(samed2_model):
             mine, theirs = plain._features(f), prefetched._features(f)
             assert all(torch.equal(a, b) for a, b in zip(mine.vision_feats, theirs.vision_feats, strict=True))
     assert prefetched.frames_encoded == 5  # everything came from the cache
+
+
+def test_batched_background_encoding_keeps_the_pairs(samed2_model, monkeypatch):
+    """A batch of 4 slices takes whole pairs: (2, 3) and the last slice paired with itself,
+    then (0, 1); the features match those encoded a pair at a time (float32 rounding only)."""
+    from napari_samed2.engine.prefetch import Prefetcher
+
+    volume = np.random.default_rng(2).normal(100, 30, (5, 48, 48)).astype(np.float32)
+    plain = Session(samed2_model, volume)
+    list(Prefetcher(plain, lambda: 3, batch=1).steps())
+    batches: list[torch.Tensor] = []
+    forward = samed2_model.sam.forward_image
+    monkeypatch.setattr(samed2_model.sam, "forward_image", lambda images: batches.append(images) or forward(images))
+    batched = Session(samed2_model, volume)
+    steps = list(Prefetcher(batched, lambda: 3, batch=4).steps())
+    assert [(s.frames, s.encoded) for s in steps] == [((3, 4), (2, 3, 4)), ((1,), (0, 1))]
+    assert [len(b) for b in batches] == [4, 2] and batched.frames_encoded == 5
+    with samed2_model.inference():
+        inputs = [batched.volume.model_input(f, SIZE, samed2_model.spec.preprocessing) for f in (2, 3, 4, 4)]
+        assert torch.equal(batches[0], torch.stack(inputs))  # pairs (2, 3), (4, 4) in the adapter's order
+        for f in range(5):
+            mine, theirs = plain._features(f), batched._features(f)
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+                       for a, b in zip(mine.vision_feats, theirs.vision_feats, strict=True))
+    assert batched.frames_encoded == 5  # everything came from the cache

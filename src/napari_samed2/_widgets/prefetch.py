@@ -4,7 +4,9 @@ on the memory path (see :mod:`napari_samed2.engine.prefetch`).
 
 It has the lowest priority: it runs only while the panel has no job (a click being
 segmented, a propagation, a re-propagation) and for a moment after the user last edited a
-prompt, nearest to the slice on screen first. Pausing stops the worker after its current
+prompt, nearest to the slice on screen first. On a CUDA GPU it goes on during propagations
+(:meth:`BackgroundEncoding.pauses_for`): the GPU runs both, the encoder in batches on a stream
+of its own, ahead of the tracker it feeds; a click still waits for nothing but its slice. Pausing stops the worker after its current
 slice (the engine's :class:`~napari_samed2.engine.prefetch.Prefetcher` keeps what is left)
 and resuming starts another, so there is no pause/resume handshake with a running thread.
 The workers run on a one-thread pool of their own (one for the process): they never share
@@ -20,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from qtpy.QtCore import QThreadPool, QTimer
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from napari_samed2.engine import Session
 
 QUIET_MS = 1500  # after a prompt edit, encoding waits this long: the next click usually follows
+#: the panel's jobs that a CUDA GPU runs beside the encoder (it feeds them rather than competing)
+PROPAGATIONS = frozenset({"propagate", "re-propagate", "full re-run"})
 _POOL: list[QThreadPool] = []  # made on first use
 
 
@@ -51,8 +55,8 @@ def _lower_priority() -> None:
     Linux keeps a nice value per thread, and threads inherit it when created, so this covers
     the worker thread and the OpenMP threads PyTorch starts for it (libgomp keeps a team per
     calling thread): on a CPU a propagation running beside it gets nearly all of the cores.
-    It does not cover work queued on a GPU (the GPU has no such priority: pausing is what
-    keeps it out of the way there), PyTorch builds whose intra-op pool is shared between
+    It does not cover work queued on a GPU (the GPU has no such priority: pausing for clicks
+    is what keeps it out of their way there), PyTorch builds whose intra-op pool is shared between
     threads, or other systems (macOS and Windows have no per-thread nice; nothing is done).
     """
     if sys.platform.startswith("linux"):
@@ -80,7 +84,8 @@ class BackgroundEncoding(QWidget):
         self.check = QCheckBox("Encode slices in the background")
         self.check.setToolTip(
             "Run the image encoder over the slices while you look, nearest to the slice on screen first, "
-            "so that propagating waits less; it pauses while the panel segments or propagates"
+            "so that propagating waits less; it pauses while the panel segments or propagates "
+            "(on a CUDA GPU it goes on during propagations, ahead of them)"
         )
         self.check.setChecked(self.on_by_default)
         self.check.toggled.connect(self._update)
@@ -96,7 +101,7 @@ class BackgroundEncoding(QWidget):
         self._quiet.timeout.connect(self._update)
         self._prefetcher: Prefetcher | None = None
         self._position = 0
-        self._busy = False  # the panel runs a job
+        self._jobs: tuple[str, ...] = ()  # the panel's jobs, running and waiting
         self._error = ""
         self._worker = None  # the worker that should be running, if any
         self._workers: set = set()  # every worker not finished yet (quit ones end after their slice)
@@ -121,10 +126,22 @@ class BackgroundEncoding(QWidget):
         self._prefetcher = None
         self._update()
 
-    def set_busy(self, busy: bool) -> None:
-        """The panel started (True) or ran out of (False) jobs: pause or resume."""
-        self._busy = busy
+    def set_jobs(self, jobs: Iterable[str]) -> None:
+        """The panel's jobs (names, running and waiting) changed: pause or resume."""
+        self._jobs = tuple(jobs)
         self._update()
+
+    @property
+    def on_cuda(self) -> bool:
+        """Whether the session's model runs on a CUDA GPU."""
+        return self._prefetcher is not None and self._prefetcher.session.model.device.type == "cuda"
+
+    def pauses_for(self, jobs: Iterable[str]) -> bool:
+        """Whether the panel's ``jobs`` pause encoding. On a CPU every job does: encoder and
+        tracker would share its cores. On CUDA propagations do not: the GPU runs both, and
+        the encoder, batches ahead, feeds the tracker the features it will need; a click
+        (or a prompt edit) still pauses it, since it waits on its one slice."""
+        return any(not (self.on_cuda and job in PROPAGATIONS) for job in jobs)
 
     def hold(self) -> None:
         """The user is editing prompts: pause until they have stopped for a moment."""
@@ -151,7 +168,7 @@ class BackgroundEncoding(QWidget):
     def _wanted(self) -> bool:
         return (
             self._prefetcher is not None and bool(self._prefetcher.remaining) and self.check.isChecked()
-            and not self._busy and not self._quiet.isActive() and not self._error
+            and not self.pauses_for(self._jobs) and not self._quiet.isActive() and not self._error
         )
 
     def _update(self, *_args) -> None:

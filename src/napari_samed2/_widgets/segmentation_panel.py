@@ -938,7 +938,7 @@ class SegmentationPanel(QWidget):
     def _next_job(self) -> None:
         from napari.qt.threading import create_worker
 
-        self.encoding.set_busy(bool(self._jobs))  # encoding in the background waits for the queue
+        self.encoding.set_jobs(job.name for job in self._jobs)  # background encoding may wait for them
         if not self._jobs:
             self._worker = None
             self.state.job = None
@@ -1594,7 +1594,7 @@ class SegmentationPanel(QWidget):
             self.progress.setRange(0, max(self._job.total, 1))
             self.progress.setValue(min(len(self._job.done), self.progress.maximum()))
         self._show_offer()
-        self.encoding.set_busy(self.busy)
+        self.encoding.set_jobs(self._job_names())
         self.encoding.start(session)
         running = f", running its {self._job.name}" if self.busy and self._job is not None else ""
         objects = len(session.object_ids)

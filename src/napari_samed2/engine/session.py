@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -42,6 +42,7 @@ from napari_samed2.engine.memory import (
     make_policy,
     object_id_number,
 )
+from napari_samed2.engine.prefetch import on_side_stream
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
 from napari_samed2.engine.saved import consistent, read_pair, write_pair
@@ -543,26 +544,36 @@ class Session:
         if fpn is not None and self._pos_embeds is None:
             self._pos_embeds = [p[:1] for p in position_encodings(sam, fpn)]
         if fpn is None:
-            fpn = self._store(*self._encode_slices(frame))[frame]
+            fpn = self._store(*self._encode_slices([frame]))[frame]
         return features_from_backbone(sam, fpn, self._pos_embeds)
 
-    def _encode_slices(self, frame: int) -> tuple[dict[int, list[torch.Tensor]], list[torch.Tensor]]:
-        """Run the image encoder for ``frame``: FPN levels (``[1, C, H, W]`` each) by frame, and
-        the position encodings. It reads only the volume and the model, never the session's
-        state, so it may run without :attr:`lock`.
+    def _encoder_input(self, frame: int) -> tuple[int, ...]:
+        """The slices that go through the image encoder for ``frame``, in order: itself, or
+        SAMed-2's pair (0, 1), (2, 3), ... (a last odd frame twice: it is paired with itself)."""
+        if not self._paired:
+            return (frame,)
+        first = frame - frame % PAIR
+        return (first, min(first + 1, len(self.volume) - 1))
 
-        SAMed-2's temporal adapter mixes pairs of consecutive slices, so its frames are
-        encoded two at a time, (0, 1), (2, 3), ...; a last odd frame is paired with itself
-        (and keeps the second copy's features, as it always has).
+    def encoded_with(self, frame: int) -> tuple[int, ...]:
+        """The frames whose features one encoder run for ``frame`` computes (its SAMed-2 partner
+        too): :class:`~napari_samed2.engine.prefetch.Prefetcher` sizes its batches with it."""
+        return tuple(dict.fromkeys(self._encoder_input(frame)))
+
+    def _encode_slices(self, frames: Sequence[int]) -> tuple[dict[int, list[torch.Tensor]], list[torch.Tensor]]:
+        """Run the image encoder once for ``frames`` (one batch): FPN levels (``[1, C, H, W]``
+        each) by frame, and the position encodings. It reads only the volume and the model,
+        never the session's state, so it may run without :attr:`lock`.
+
+        SAMed-2's temporal adapter mixes consecutive pairs of the batch, so each frame brings
+        its pair, (0, 1), (2, 3), ..., and a pair asked for twice goes in once; a last odd
+        frame is paired with itself (and keeps the second copy's features, as it always has).
         """
-        frames = [frame]
-        if self._paired:
-            first = frame - frame % PAIR
-            frames = [first, min(first + 1, len(self.volume) - 1)]
+        images = [f for pair in dict.fromkeys(self._encoder_input(f) for f in frames) for f in pair]
         size, preprocessing = self.model.image_size, self.model.spec.preprocessing
-        images = torch.stack([self.volume.model_input(f, size, preprocessing) for f in frames])
-        backbone = self.model.sam.forward_image(images.to(self.model.device))
-        fpn = {f: [level[i : i + 1].clone() for level in backbone["backbone_fpn"]] for i, f in enumerate(frames)}
+        batch = torch.stack([self.volume.model_input(f, size, preprocessing) for f in images])
+        backbone = self.model.sam.forward_image(batch.to(self.model.device))
+        fpn = {f: [level[i : i + 1].clone() for level in backbone["backbone_fpn"]] for i, f in enumerate(images)}
         return fpn, [p[:1] for p in backbone["vision_pos_enc"]]
 
     def _store(self, fpn: dict[int, list[torch.Tensor]], pos_embeds: list[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
@@ -573,27 +584,35 @@ class Session:
         self.frames_encoded += len(fpn)
         return fpn
 
-    def prefetch(self, frame: int) -> tuple[int, ...]:
-        """Put ``frame``'s image features into the cache unless they are there already; the
-        frames the image encoder ran for (with its partner slice for SAMed-2; none if cached).
+    def prefetch(self, frames: int | Sequence[int]) -> tuple[int, ...]:
+        """Put the image features of ``frames`` (one frame, or several for one batch) into the
+        cache, those not there already, with ONE image-encoder run; the frames it ran for and
+        whose features were kept (SAMed-2's partner slices too; none if all were cached).
 
         :attr:`lock` is held only to look into the cache and to put the features there, not
         while the encoder runs (~0.4 s a slice on a CPU), so a click or a propagation in
-        another thread goes on meanwhile. If that encodes the same frame first, this run's
-        features are dropped: the same work done twice, never two versions in the cache.
+        another thread goes on meanwhile. A frame that one of those encodes first keeps its
+        features: this run's copy is dropped, the same work done twice, never two versions in
+        the cache. On CUDA the encoder runs on a side stream, finished before anything is
+        put in the cache (see :func:`~napari_samed2.engine.prefetch.on_side_stream`).
         """
-        frame = self._check_frame(frame)
-        key = self.cache_key(frame)
+        asked = [frames] if isinstance(frames, int | np.integer) else list(frames)
+        keys = {f: self.cache_key(f) for f in (self._check_frame(f) for f in asked)}
         with self.lock:
-            if key in self.cache:
-                return ()
+            wanted = [f for f, key in keys.items() if key not in self.cache]
+        if not wanted:
+            return ()
         with self.model.inference():
-            fpn, pos_embeds = self._encode_slices(frame)
+            fpn, pos_embeds = on_side_stream(
+                self.model.device,
+                lambda: self._encode_slices(wanted),
+                lambda out: [t for features in out[0].values() for t in features] + out[1],
+            )
+        keys.update((f, self.cache_key(f)) for f in fpn if f not in keys)
         with self.lock:
-            if key in self.cache:
-                self.frames_encoded += len(fpn)  # it counts encoder runs, kept or not
-                return ()
-            return tuple(self._store(fpn, pos_embeds))
+            kept = {f: features for f, features in fpn.items() if keys[f] not in self.cache}
+            self.frames_encoded += len(fpn) - len(kept)  # it counts encoder runs, kept or not
+            return tuple(self._store(kept, pos_embeds)) if kept else ()
 
     def encode(self, frames: Iterable[int] | None = None) -> Iterator[int]:
         """Put the image features of ``frames`` (default: every frame) into the cache,
