@@ -223,7 +223,8 @@ def test_correction_repropagates_only_later_slices_and_keeps_painted_slices(pane
 
 def test_repropagation_stops_where_masks_agree_and_a_full_re_run_finishes(panel, qtbot):
     assert panel.converge_check.isChecked() and not panel.converge_check.isHidden()
-    assert "IoU \u2265 0.98 on 3 slices" in panel.converge_check.text() and panel.converge_check.toolTip()
+    assert "masks agree" in panel.converge_check.text()
+    assert "3 slices in a row (IoU \u2265 0.98)" in panel.converge_check.toolTip()  # the rule, spelt out
     panel.direction_choice.setCurrentText("forward")
     _run(panel, qtbot, _click, panel, 0, 30, 32)
     _run(panel, qtbot, panel.propagate)
