@@ -52,6 +52,20 @@ def test_loaded_model_reports_what_it_is(tiny_model, tiny_checkpoint):
     assert "SAM 2.1 Hiera tiny" in tiny_model.describe()
 
 
+def test_the_signature_names_the_weights_not_where_they_lie(tmp_path, tiny_checkpoint, tiny_model):
+    import os
+    import shutil
+
+    copy = shutil.copy(tiny_checkpoint, tmp_path / "moved.pt")  # another path, a new mtime
+    os.utime(copy, ns=(1, 1))
+    moved = load_model(copy, device=TEST_DEVICE, dtype="float32", image_size=TEST_IMAGE_SIZE)
+    assert moved.signature == tiny_model.signature  # its autosaves and cached features are found
+    other = save_random_checkpoint(tmp_path / "other.pt", "sam2.1-tiny", image_size=TEST_IMAGE_SIZE, seed=1)
+    assert load_model(other, device=TEST_DEVICE, dtype="float32", image_size=TEST_IMAGE_SIZE).signature != moved.signature
+    shutil.copy(other, copy)  # the same path, other weights: another model
+    assert moved.signature != tiny_model.signature
+
+
 def test_safetensors_and_bare_state_dicts_load(tmp_path, tiny_checkpoint):
     reference = read_state_dict(tiny_checkpoint)
     safetensors_path = save_random_checkpoint(tmp_path / "w.safetensors", image_size=TEST_IMAGE_SIZE)

@@ -53,7 +53,7 @@ class ModelRef:
 
     def stamp(self) -> dict[str, Any]:
         """What identifies the weights without loading them: the name, or the file's path,
-        size and modification time (as :attr:`LoadedModel.signature` does)."""
+        size and modification time (cheap: a run checks it for every volume before loading)."""
         from napari_samed2.models.loading import looks_like_path
 
         stamp: dict[str, Any] = {"model": self.model, "image_size": self.image_size, "dtype": self.dtype}

@@ -33,6 +33,30 @@ log = logging.getLogger(__name__)
 HAS_SAM2_EXTENSION = importlib.util.find_spec("sam2._C") is not None
 
 
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """A digest of the file's bytes, computed once while its path, size and modification time
+    stay the same.
+
+    A model is named by its weights, not by where they lie: the same file at another path or
+    written again with a new modification time (the package reinstalled or upgraded, a second
+    checkout) must still resume its autosaves and read its precomputed embeddings. Reading the
+    file costs about a second for a 900 MB checkpoint, once per process and file.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _FILE_DIGESTS.get(key)
+    if digest is None:
+        hasher = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 22), b""):
+                hasher.update(chunk)
+        digest = _FILE_DIGESTS[key] = hasher.hexdigest()
+    return digest
+
+
 @dataclass
 class LoadedModel:
     """A ready model: the sam2 module plus what the engine needs to feed it correctly."""
@@ -56,8 +80,7 @@ class LoadedModel:
         model by it; the embedding cache keys by :attr:`feature_signature`)."""
         source = f"memory:{id(self.sam):x}"
         if self.checkpoint is not None and self.checkpoint.exists():
-            stat = self.checkpoint.stat()
-            source = f"{self.checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+            source = f"file:{file_digest(self.checkpoint)}"
         text = f"{self.spec.name}|{self.image_size}|{self.dtype}|{source}"
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
