@@ -305,6 +305,7 @@ def load_model(
     load_state_dict_checked(sam, state_dict, spec, checkpoint, guess)
     sam.to(torch_device)
     model = LoadedModel(spec, sam, torch_device, resolve_dtype(dtype, torch_device), checkpoint)
+    file_digest(checkpoint)  # read now, while loading (the GUI loads in a worker), not at the first session
     log.info("loaded %s from %s", model.describe(), checkpoint)
     return model
 
