@@ -57,7 +57,7 @@ from napari_samed2._widgets.coordinates import (
     to_layer_data,
 )
 from napari_samed2._widgets.layout import scrolling_layout
-from napari_samed2._widgets.prefetch import BackgroundEncoding
+from napari_samed2._widgets.prefetch import PROPAGATIONS, BackgroundEncoding
 from napari_samed2._widgets.session_files import (
     SavedSession,
     autosave_folders,
@@ -90,7 +90,7 @@ SHORTCUTS = {
     "Alt-C": "cancel the running job",
 }
 INSPECTOR_REFRESH_S = 1.0  # during a run, the inspector refreshes at most this often
-_ONCE = ("propagate", "re-propagate", "full re-run")  # jobs that would only repeat themselves if queued twice
+_ONCE = PROPAGATIONS  # jobs that would only repeat themselves if queued twice
 #: the Re-propagate button's stop rule while "Stop where masks agree again" is on
 CONVERGE = ConvergeStop()
 _USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
