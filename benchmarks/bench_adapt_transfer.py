@@ -15,22 +15,13 @@ from __future__ import annotations
 import argparse
 import ast
 import tempfile
-import warnings
-
-import numpy as np
 
 import bench_continual
 
 
 def box_dice(model, volumes) -> float:
     """Mean Dice after the box over the objects of ``volumes`` (no correction clicks)."""
-    from napari_samed2.evaluation import EvalCase, evaluate_cases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cases = [EvalCase.from_arrays(v.image, v.labels, v.spacing, name=v.name) for v in volumes]
-    results = evaluate_cases(model, cases, clicks=0)
-    return float(np.mean([r.dice for r in results.records if r.step == 0]))
+    return bench_continual.evaluate(model, {"volumes": volumes}, clicks=0)["volumes"]["dice"]
 
 
 def settings(text: str) -> dict:

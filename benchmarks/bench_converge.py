@@ -16,7 +16,6 @@ slices they recomputed, and replaces the "Converge-stop" section of ``--out``
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import platform
 import statistics
@@ -33,12 +32,11 @@ HELD_OUT_STREAM = 10_001
 
 def held_out_cases(count: int):
     from napari_samed2.evaluation import EvalCase
-    from napari_samed2.training.synthetic import synthetic_stream
+    from napari_samed2.training.synthetic import held_out_cases as synthetic_held_out
 
-    stream = itertools.islice(synthetic_stream(HELD_OUT_STREAM, held_out=True), count)
     return [
         EvalCase.from_arrays(case.image, case.labels, case.spacing, name=f"held-out {HELD_OUT_STREAM}/{k}")
-        for k, case in enumerate(stream)
+        for k, case in enumerate(synthetic_held_out(count, seed=HELD_OUT_STREAM))
     ]
 
 

@@ -15,20 +15,18 @@ docs/training.md quotes). MODEL is a registry name or a checkpoint file.
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 
 from napari_samed2.evaluation import EvalCase, evaluate_cases, find_pairs
-from napari_samed2.training.synthetic import SyntheticConfig, synthetic_stream
+from napari_samed2.training.synthetic import SyntheticConfig, held_out_cases
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def synthetic_cases(seed: int, count: int, config: SyntheticConfig | None = None) -> list[EvalCase]:
-    stream = itertools.islice(synthetic_stream(seed, config, held_out=True), count)
     return [
         EvalCase.from_arrays(case.image, case.labels, case.spacing, name=f"held-out {seed}/{k}")
-        for k, case in enumerate(stream)
+        for k, case in enumerate(held_out_cases(count, config, seed))
     ]
 
 
