@@ -24,6 +24,22 @@ def test_clips_are_reproducible_from_the_seed_and_start_where_the_object_is():
     assert {clip.prompt_kind for clip in _clips(0, 40)} == {"box", "click", "mask"}
 
 
+def test_middle_start_clips_begin_at_the_objects_middle_and_run_past_its_end():
+    """The demo model jumped to other structures once its object ended (the evaluation prompts
+    the middle slice and tracks to the volume's ends): such clips teach it to let go."""
+    pairs = load_pairs(*ellipse_pair(0))
+    present = pairs[0].objects[1]
+    middle = int(present[len(present) // 2])
+    sampler = ClipSampler(pairs, np.random.default_rng(0), clip_length=len(present), middle_start_prob=1.0)
+    clips = [sampler.sample() for _ in range(20)]
+    assert {clip.frames[0] for clip in clips} == {middle}
+    forward = [clip for clip in clips if not clip.reverse]
+    assert forward and all(not clip.masks[-1].any() for clip in forward)  # past the object's last slice
+    assert {clip.frames[0] for clip in _clips(0, 40)} != {middle}  # off by default: starts vary
+    with pytest.raises(TrainingError, match="middle_start_prob"):
+        ClipSampler(pairs, np.random.default_rng(0), middle_start_prob=1.5)
+
+
 def test_reversed_clip_holds_the_slices_in_tracking_order():
     pair = make_pair(*ellipse_pair(0))
     clip = make_clip(pair, 1, [5, 4, 3], "mask", np.random.default_rng(0))

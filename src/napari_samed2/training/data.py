@@ -197,6 +197,10 @@ class ClipSampler:
     Each clip: a volume (uniformly), one of its objects (uniformly), a direction (backwards
     with ``reverse_prob``, SAM-2's time reversal), a first slice where the object is present,
     and up to ``clip_length`` slices from there (fewer only when the volume ends first).
+    With ``middle_start_prob`` the first slice is the object's middle one, where the
+    evaluation and most users prompt: the clip then runs past the object's end whenever the
+    object is shorter than the clip, so the model learns to let a vanished object go instead
+    of jumping to the next salient structure (measured: the demo model did exactly that).
     """
 
     def __init__(
@@ -207,16 +211,20 @@ class ClipSampler:
         clip_length: int = 8,
         prompt_probs: Mapping[str, float] = PROMPT_PROBS,
         reverse_prob: float = 0.5,
+        middle_start_prob: float = 0.0,
     ):
         if clip_length < 1:
             raise TrainingError(f"clip_length must be at least 1, got {clip_length}")
         if not 0.0 <= reverse_prob <= 1.0:
             raise TrainingError(f"reverse_prob must lie in [0, 1], got {reverse_prob}")
+        if not 0.0 <= middle_start_prob <= 1.0:
+            raise TrainingError(f"middle_start_prob must lie in [0, 1], got {middle_start_prob}")
         self.pairs = pairs
         self.rng = rng
         self.clip_length = clip_length
         self.prompt_probs = check_prompt_probs(prompt_probs)
         self.reverse_prob = reverse_prob
+        self.middle_start_prob = middle_start_prob
 
     def __iter__(self) -> Iterator[Clip]:
         while True:
@@ -230,9 +238,12 @@ class ClipSampler:
         reverse = bool(rng.random() < self.reverse_prob)
         present = pair.objects[object_id]
         n, k = len(pair), self.clip_length
-        fits = present[present - (k - 1) >= 0] if reverse else present[present + k <= n]
-        candidates = fits if len(fits) else present
-        start = int(candidates[int(rng.integers(len(candidates)))])
+        if self.middle_start_prob and rng.random() < self.middle_start_prob:
+            start = int(present[len(present) // 2])
+        else:
+            fits = present[present - (k - 1) >= 0] if reverse else present[present + k <= n]
+            candidates = fits if len(fits) else present
+            start = int(candidates[int(rng.integers(len(candidates)))])
         frames = tuple(range(start, max(start - k, -1), -1)) if reverse else tuple(range(start, min(start + k, n)))
         kinds = list(self.prompt_probs)
         kind = kinds[int(rng.choice(len(kinds), p=[self.prompt_probs[x] for x in kinds]))]
