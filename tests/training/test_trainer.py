@@ -217,3 +217,25 @@ def test_subnormal_adam_moments_are_flushed_to_zero():
     assert flushed[:2] == [0.0, 0.0]  # exactly zero, not merely tiny
     assert flushed[2:] == pytest.approx([1e-30, 0.5], rel=1e-6, abs=0)
     assert moments["step"].item() == 1  # counters are left alone
+
+
+def test_merged_keys_name_what_training_each_parameter_changes():
+    """A version saves only the merged keys its trained parameters change: a LoRA factor and a
+    bias trained in full inside a LoRA-wrapped layer must both name keys of the merged file."""
+    from torch import nn
+
+    from napari_samed2.training.adapters import LoRALinear, merged_key, merged_state_dict
+
+    net = nn.Sequential(nn.Linear(3, 4), LoRALinear(nn.Linear(4, 2), rank=2))
+    with torch.no_grad():
+        net[1].lora_b.fill_(0.5)
+    merged = merged_state_dict(net)
+    assert sorted(merged) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    assert {name: merged_key(net, name) for name, _ in net.named_parameters()} == {
+        "0.weight": "0.weight", "0.bias": "0.bias", "1.base.weight": "1.weight", "1.base.bias": "1.bias",
+        "1.lora_a": "1.weight", "1.lora_b": "1.weight",
+    }
+    x = torch.randn(5, 3)
+    plain = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    plain.load_state_dict(merged)
+    assert torch.allclose(plain(x), net(x), atol=1e-6)  # the merged file computes what the adapted net does

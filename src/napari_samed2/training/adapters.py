@@ -209,21 +209,38 @@ def check_frozen(sam: nn.Module, trainable: Iterable[str]) -> None:
         raise TrainingError(f"{len(wrong)} parameters have the wrong trainable flag (first: {wrong[:3]})")
 
 
+def _lora_layers(sam: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in sam.named_modules() if isinstance(m, LoRALinear)}
+
+
+def _merged_name(key: str, lora_layers: dict[str, LoRALinear]) -> tuple[str | None, str]:
+    """The LoRA layer that owns ``key`` (or ``None``) and the key's name in the merged state
+    dict: a LoRA factor and the frozen base weight both end in the layer's ``.weight``; its
+    other tensors (a bias) lose the wrapper's ``base.``."""
+    owner = next((name for name in lora_layers if key.startswith(name + ".")), None)
+    if owner is None:
+        return None, key
+    rest = key[len(owner) + 1 :]
+    if rest.startswith("lora_") or rest == "base.weight":
+        return owner, f"{owner}.weight"
+    return owner, f"{owner}.{rest.removeprefix('base.')}"
+
+
+def merged_key(sam: nn.Module, parameter: str) -> str:
+    """The key of :func:`merged_state_dict` that training ``parameter`` changes, so that a
+    caller saving only what changed asks the module that decides the names."""
+    return _merged_name(parameter, _lora_layers(sam))[1]
+
+
 def merged_state_dict(sam: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict with LoRA folded into its base weights, under the plain sam2
     key names: a file any SAM-2 loader reads, no adapter code needed."""
     state = {}
-    lora_layers = {name: m for name, m in sam.named_modules() if isinstance(m, LoRALinear)}
+    lora_layers = _lora_layers(sam)
     for key, value in sam.state_dict().items():
-        owner = next((name for name in lora_layers if key.startswith(name + ".")), None)
-        if owner is None:
-            state[key] = value
-            continue
-        rest = key[len(owner) + 1 :]
+        owner, name = _merged_name(key, lora_layers)
+        rest = key[len(owner) + 1 :] if owner else ""
         if rest.startswith("lora_"):
-            continue
-        if rest == "base.weight":
-            state[f"{owner}.weight"] = lora_layers[owner].merged_weight().detach()
-        else:
-            state[f"{owner}.{rest.removeprefix('base.')}"] = value
+            continue  # folded into the layer's weight below
+        state[name] = lora_layers[owner].merged_weight().detach() if rest == "base.weight" else value
     return state

@@ -23,7 +23,7 @@ from napari_samed2.errors import TrainingError
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.versions import leaves_encoder
 from napari_samed2.models.temporal_adapter import has_temporal_adapters
-from napari_samed2.training.adapters import check_frozen, merged_state_dict
+from napari_samed2.training.adapters import check_frozen, merged_key, merged_state_dict
 from napari_samed2.training.continual.cases import CaseStore, ConfirmedCase, Retrieved
 from napari_samed2.training.continual.distill import anchor, distillation, feature_weight, fisher_importance
 from napari_samed2.training.continual.versions import ModelVersions, VersionInfo, default_versions_folder, model_origin
@@ -259,7 +259,7 @@ def adapt(
 
     check_frozen(student.sam, trainer.trainable)
     merged = merged_state_dict(student.sam)
-    changed = sorted(set(model_origin(model).changed) | {_merged_key(name) for name in trainer.trainable})
+    changed = sorted(set(model_origin(model).changed) | {merged_key(student.sam, name) for name in trainer.trainable})
     delta = {key: merged[key] for key in changed}
     info = folder.save(
         model, delta, mode=config.mode, steps=config.steps, trained=",".join(config.train), case=new_case.name,
@@ -276,14 +276,6 @@ def adapt(
         store.mark_used(r.case_id for r in retrieved)
     seconds = time.perf_counter() - start
     yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, seconds, AdaptResult(adapted, info, retrieved, seconds))
-
-
-def _merged_key(parameter: str) -> str:
-    """The state-dict key a trained parameter ends up in: a LoRA factor (``<layer>.lora_a``)
-    is merged into its layer's weight; a parameter trained in full (``train=("decoder",)``)
-    is its own key."""
-    layer, lora, _ = parameter.rpartition(".lora_")
-    return f"{layer}.weight" if lora else parameter
 
 
 def loss_on_case(model: LoadedModel, case: ConfirmedCase, *, clips: int = 4, clip_length: int = 4, seed: int = 0) -> float:
