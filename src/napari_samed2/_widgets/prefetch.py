@@ -173,7 +173,8 @@ class BackgroundEncoding(QWidget):
 
     def _update(self, *_args) -> None:
         """Start a worker or ask the running one to stop, whichever the state calls for."""
-        if self._wanted() and self._worker is None:
+        wanted = self._wanted()
+        if wanted and self._worker is None:
             from napari.qt.threading import GeneratorWorker
 
             worker = self._worker = GeneratorWorker(_encode, self._prefetcher)
@@ -182,7 +183,7 @@ class BackgroundEncoding(QWidget):
             worker.errored.connect(lambda exc: self._alive and self._failed(exc))
             worker.finished.connect(lambda: self._alive and self._ended(worker))
             _pool().start(worker)  # after the previous worker's slice, if one is ending
-        elif not self._wanted() and self._worker is not None:
+        elif not wanted and self._worker is not None:
             self._worker.quit()  # after its current slice; _ended forgets it
             self._worker = None
         self._show()

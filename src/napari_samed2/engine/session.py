@@ -544,7 +544,9 @@ class Session:
         if fpn is not None and self._pos_embeds is None:
             self._pos_embeds = [p[:1] for p in position_encodings(sam, fpn)]
         if fpn is None:
-            fpn = self._store(*self._encode_slices([frame]))[frame]
+            fpn, pos_embeds = self._encode_slices([frame])
+            self.frames_encoded += len(fpn)
+            fpn = self._store(fpn, pos_embeds)[frame]
         return features_from_backbone(sam, fpn, self._pos_embeds)
 
     def _encoder_input(self, frame: int) -> tuple[int, ...]:
@@ -581,7 +583,6 @@ class Session:
         self._pos_embeds = pos_embeds
         for f, features in fpn.items():
             self.cache.put(self.cache_key(f), features)
-        self.frames_encoded += len(fpn)
         return fpn
 
     def prefetch(self, frames: int | Sequence[int]) -> tuple[int, ...]:
@@ -610,8 +611,8 @@ class Session:
             )
         keys.update((f, self.cache_key(f)) for f in fpn if f not in keys)
         with self.lock:
+            self.frames_encoded += len(fpn)  # encoder runs, whether their features are kept or not
             kept = {f: features for f, features in fpn.items() if keys[f] not in self.cache}
-            self.frames_encoded += len(fpn) - len(kept)  # it counts encoder runs, kept or not
             return tuple(self._store(kept, pos_embeds)) if kept else ()
 
     def encode(self, frames: Iterable[int] | None = None) -> Iterator[int]:
