@@ -1,0 +1,87 @@
+"""Where a model's 3D Dice goes, per held-out object: the 2D model against tracking.
+
+    python scripts/tracking_bounds.py MODEL [--count 4]
+
+For each labelled object of the first ``count`` held-out synthetic volumes (stream 10,001, as
+``evaluate_demo.py``'s synthetic set), 3D Dice of:
+
+* ``box_every``: a box on every slice where the object is, each segmented alone (no tracking);
+* ``box_mid``: a box on the middle slice, propagated both ways (what the evaluation starts with);
+* ``box_mid_inside``: the same, predictions kept only on the slices where the object is;
+* ``mask_mid``: the true mask on the middle slice, propagated both ways;
+* ``copy_mid``: no model, the middle slice's true mask copied to every slice where the object is.
+
+docs/training.md (run 7) reads these against each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from napari_samed2 import load_model
+from napari_samed2.engine import FramePrompt, Session
+from napari_samed2.evaluation.metrics import dice
+from napari_samed2.evaluation.prompts import bounding_box
+from napari_samed2.training.synthetic import held_out_cases
+
+
+def box_prompt(mask: np.ndarray) -> FramePrompt:
+    r0, c0, r1, c1 = bounding_box(mask)
+    return FramePrompt(box=(r0, c0, r1 + 1, c1 + 1))  # a one-pixel-thin object still has a box with area
+
+
+def propagated(model, image: np.ndarray, frame: int, prompt: FramePrompt, cache) -> np.ndarray:
+    session = Session(model, image, cache=cache)
+    session.add_object(1)
+    session.segment_frame(frame, 1, prompt)
+    out = np.zeros(image.shape, bool)
+    for result in session.propagate("both", start=frame):
+        out[result.frame] = result.objects[1].mask
+    return out
+
+
+def bounds(model, image: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    present = np.nonzero(truth.any(axis=(1, 2)))[0]
+    middle = int(present[len(present) // 2])
+    session = Session(model, image)
+    session.add_object(1)
+    every = np.zeros_like(truth)
+    for z in present:
+        every[z] = session.segment_frame(int(z), 1, box_prompt(truth[z])).objects[1].mask
+    from_box = propagated(model, image, middle, box_prompt(truth[middle]), session.cache)
+    inside = np.zeros_like(truth)
+    inside[present] = from_box[present]
+    copied = np.zeros_like(truth)
+    copied[present] = truth[middle]
+    return {
+        "box_every": dice(every, truth),
+        "box_mid": dice(from_box, truth),
+        "box_mid_inside": dice(inside, truth),
+        "mask_mid": dice(propagated(model, image, middle, FramePrompt(mask=truth[middle]), session.cache), truth),
+        "copy_mid": dice(copied, truth),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="registry name or checkpoint file")
+    parser.add_argument("--count", type=int, default=4, help="held-out volumes")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    model = load_model(args.model, device=args.device)
+    rows = []
+    for k, case in enumerate(held_out_cases(args.count, None, 10_001)):
+        for object_id in range(1, case.num_objects + 1):
+            row = bounds(model, case.image, case.labels == object_id)
+            rows.append(row)
+            print(f"volume {k} object {object_id} ({case.kinds[object_id - 1]}): "
+                  + "  ".join(f"{name} {value:.3f}" for name, value in row.items()), flush=True)
+    for name in rows[0]:
+        values = [row[name] for row in rows]
+        print(f"{name:15s} median {np.median(values):.3f}  mean {np.mean(values):.3f}")
+
+
+if __name__ == "__main__":
+    main()
