@@ -76,6 +76,23 @@ def test_correction_recomputes_only_frames_that_derive_from_it(tiny_model, array
     assert not torch.equal(session.memories[obj].entries[1].low_res_logits, before[1])
 
 
+def test_marking_the_object_absent_on_a_tracked_frame_sticks(tiny_model, array):
+    """The fix for a tracker that follows another structure past its object's end: the frame
+    says "absent" (sam2's empty-mask answer), and tracking from it carries that memory."""
+    session = Session(tiny_model, array)
+    obj = session.add_object()
+    session.segment_frame(2, obj, click(30, 37))
+    list(session.propagate("forward"))
+    result = session.segment_frame(5, obj, FramePrompt.absent((HEIGHT, WIDTH)))
+    assert not result.objects[obj].mask.any() and not result.objects[obj].present
+    assert session.stale[obj] == set(range(6, FRAMES))
+    assert [r.frame for r in session.repropagate()] == list(range(5, FRAMES))
+    entry = session.memories[obj].entries[5]
+    assert entry.conditioning and entry.object_score < 0
+    assert not session.result(5).objects[obj].mask.any()
+    assert not session.labels()[5].any()
+
+
 def test_cancelled_propagation_keeps_what_was_done(tiny_model, array):
     session = Session(tiny_model, array)
     obj = session.add_object()

@@ -174,9 +174,12 @@ def test_clicks_helper_refuses_what_is_not_row_column_pairs(positive, negative):
     [np.zeros((8, 8), bool), np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint8)],
     ids=["bool", "float", "integer"],
 )
-def test_an_empty_mask_prompt_is_refused_not_segmented_as_nothing(mask):
-    with pytest.raises(PromptError, match="no pixel set.*paint the object"):
-        FramePrompt(mask=mask).validate((8, 8))
+def test_an_empty_mask_prompt_says_the_object_is_absent(mask):
+    FramePrompt(mask=mask).validate((8, 8))  # sam2 reads it as "not on this frame"
+    absent = FramePrompt.absent((8, 8))
+    assert absent.mask.shape == (8, 8) and not absent.mask.any()
+    with pytest.raises(PromptError, match="does not match"):
+        FramePrompt.absent((8, 9)).validate((8, 8))
 
 
 def test_prompts_in_any_reasonable_form_are_accepted():

@@ -253,6 +253,26 @@ def test_painted_mask_becomes_the_slice_prompt(panel, qtbot):
     np.testing.assert_array_equal(panel.output_layer.data[5] == 1, prompt.mask)
 
 
+def test_not_on_this_slice_clears_the_object_there_and_tracking_remembers(panel, qtbot):
+    _run(panel, qtbot, _click, panel, 2, 32, 32)
+    panel.direction_choice.setCurrentText("forward")
+    _run(panel, qtbot, panel.propagate)
+    assert panel.absent_button.isEnabled() and "not on the slice on screen" in panel.absent_button.toolTip()
+    tracked = panel.output_layer.data[5].copy()
+    assert (tracked == 1).any()  # the object was there before: clearing it is not vacuous
+    _run(panel, qtbot, panel.mark_absent, 5)
+    assert not (panel.output_layer.data[5] == 1).any()
+    assert panel.session.memories[1].pending[5].object_score < 0  # sam2's "absent" answer
+    assert panel.session.stale[1] == {6, 7}
+    panel.undo()  # one step, as every prompt
+    assert 5 not in panel.session.prompts[1]
+    np.testing.assert_array_equal(panel.output_layer.data[5], tracked)
+    panel.redo()
+    _run(panel, qtbot, panel.repropagate)
+    assert panel.session.memories[1].entries[5].object_score < 0 and not panel.session.stale[1]
+    np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
+
+
 def test_second_object_and_delete_with_undo(panel, qtbot):
     _run(panel, qtbot, _click, panel, 2, 32, 32)
     second = panel.add_object()

@@ -264,6 +264,13 @@ class SegmentationPanel(QWidget):
             "output layer after painting a correction) as the object's mask prompt there"
         )
         self.use_mask_button.clicked.connect(lambda: self.use_mask())
+        self.absent_button = QPushButton("Not on this slice")
+        self.absent_button.setToolTip(
+            "The selected object is not on the slice on screen: its mask there is cleared, and "
+            "tracking from this slice remembers that it ended (where the model follows another "
+            "structure past the object's end and clicks do not remove it)"
+        )
+        self.absent_button.clicked.connect(lambda: self.mark_absent())
 
         self.direction_choice = QComboBox()
         self.direction_choice.addItems(["both", "forward", "backward"])
@@ -420,7 +427,10 @@ class SegmentationPanel(QWidget):
         form.addRow("Object", row)
         form.addRow("Clicks layer", self.points_choice.native)
         form.addRow("Boxes layer", self.shapes_choice.native)
-        form.addRow("Clicks", self.polarity_button)
+        row = QHBoxLayout()
+        row.addWidget(self.polarity_button)
+        row.addWidget(self.absent_button)
+        form.addRow("Clicks", row)
         form.addRow(self.live_mode)
         row = QHBoxLayout()
         row.addWidget(self.mask_choice.native)
@@ -874,6 +884,23 @@ class SegmentationPanel(QWidget):
             yield _Step(self.session.segment_frame(frame, object_id, prompt))
 
         self._submit("mask prompt", segment_with_mask, total=1, overwrite=True)
+
+    def mark_absent(self, frame: int | None = None) -> None:
+        """The current object is not on ``frame`` (default: the slice on screen): an empty
+        mask prompt there, which sam2 takes as "absent" (see :meth:`FramePrompt.absent`)."""
+        if self.session is None or self.current_object is None:
+            self._say("Press New segmentation first.")
+            return
+        if self._refuse_without_model():
+            return
+        frame = self.current_frame() if frame is None else frame
+        prompt = FramePrompt.absent(self.session.volume.frame_shape)
+        object_id = self.current_object
+
+        def segment_as_absent():
+            yield _Step(self.session.segment_frame(frame, object_id, prompt))
+
+        self._submit("mark absent", segment_as_absent, total=1, overwrite=True)
 
     def current_frame(self) -> int:
         """The slice on screen, along the session's axis."""
@@ -1647,7 +1674,7 @@ class SegmentationPanel(QWidget):
         has_session, busy = self.session is not None, self._worker is not None
         self.start_button.setEnabled(self.state.model is not None and self.image_choice.value is not None)
         self.open_session_button.setEnabled(self.start_button.isEnabled() and not busy)
-        for button in (self.add_object_button, self.delete_object_button, self.use_mask_button,
+        for button in (self.add_object_button, self.delete_object_button, self.use_mask_button, self.absent_button,
                        self.save_session_button, self.export_prompts_button):
             button.setEnabled(has_session)
         self.add_case_button.setEnabled(has_session and not busy)

@@ -24,7 +24,8 @@ class FramePrompt:
 
     ``points``: ``(N, 2)`` rows and columns; ``labels``: ``(N,)`` 1 positive, 0 negative;
     ``box``: ``(row0, col0, row1, col1)``; ``mask``: a boolean ``(H, W)`` array. A mask
-    cannot be combined with clicks (sam2 reads it as the answer for that frame).
+    cannot be combined with clicks (sam2 reads it as the answer for that frame); an empty
+    mask says the object is not on the frame (:meth:`absent`).
 
     What does not depend on the frame is checked here, so a wrong prompt fails where it is
     made; :meth:`validate` checks it against the frame.
@@ -48,6 +49,14 @@ class FramePrompt:
             object.__setattr__(self, "mask", _mask(self.mask))
 
     @classmethod
+    def absent(cls, frame_shape: tuple[int, int]) -> FramePrompt:
+        """"The object is not on this frame": an empty mask, which sam2 takes as the answer
+        (object score -10, the no-object pointer in memory), so tracking past this frame
+        remembers that the object ended. The correction that sticks where the model follows
+        another structure after its object ended, which clicks alone may not undo."""
+        return cls(mask=np.zeros(tuple(frame_shape), bool))
+
+    @classmethod
     def clicks(cls, positive=(), negative=()) -> FramePrompt:
         positive, negative = _points(positive, "positive clicks"), _points(negative, "negative clicks")
         labels = [POSITIVE] * len(positive) + [NEGATIVE] * len(negative)
@@ -65,11 +74,6 @@ class FramePrompt:
         if self.mask is not None:
             if self.mask.shape != (height, width):
                 raise PromptError(f"mask of shape {self.mask.shape} does not match the {height}x{width} frame")
-            if not self.mask.any():
-                raise PromptError(
-                    "the mask prompt has no pixel set, which would segment nothing: paint the object "
-                    "on this frame, or prompt it with a click or a box"
-                )
         outside = [
             tuple(p) for p in self.points.tolist()
             if not (-0.5 <= p[0] <= height - 0.5 and -0.5 <= p[1] <= width - 0.5)
