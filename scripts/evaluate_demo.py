@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["synthetic", "corrupted", "real"])
     parser.add_argument("--count", type=int, default=6, help="held-out synthetic volumes per set")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--absent", action="store_true",
+                        help="the simulated user may press 'Not on this slice' (EvalProtocol.absent)")
     args = parser.parse_args()
     out = Path(args.out)
     runs = {
@@ -53,6 +55,7 @@ def main() -> None:
         cases, policies, clicks = runs[name]()
         evaluate_cases(
             args.model, cases, policies=policies, clicks=clicks, device=args.device, out=out / name, overwrite=True,
+            absent=args.absent,
             progress=lambda e: print(f"{name}: {e.steps_done}/{e.steps_total} {e.record.case} "
                                      f"{e.record.policy} object {e.record.object_id} step {e.record.step}: "
                                      f"Dice {e.record.dice:.3f}", flush=True),

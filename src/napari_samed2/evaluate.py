@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="after each correction, stop re-propagating once FRAMES consecutive slices agree with their "
         "earlier masks at IoU >= IOU, as the GUI does (bare flag: 0.98,3; default: full re-run)",
     )
+    parser.add_argument(
+        "--absent", action="store_true",
+        help="where a negative click would land on a slice without the object, press 'Not on this slice' "
+        "instead, as a user of the panel can (default: clicks only)",
+    )
     parser.add_argument("--out", required=True, help="folder for the result files")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return parser

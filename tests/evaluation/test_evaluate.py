@@ -193,3 +193,23 @@ def test_converge_stop_on_the_command_line():
             parser.parse_args([*required, "--converge-stop", bad])
     results = EvaluationResults((), EvalProtocol(converge=ConvergeStop()), "model", ())
     assert "Protocol box+5clicks+converge0.98x3: each re-propagation stops once 3" in summary_markdown(results, [])
+
+
+def test_the_user_marks_slices_without_the_object_absent_instead_of_clicking(tiny_model, engine_calls):
+    """With ``absent``, a correction on a slice the object is not on is the panel's *Not on this
+    slice* (an empty mask); anywhere else it is the same click as without it."""
+    case = EvalCase.from_arrays(*two_objects(), spacing=SPACING, name="absent")
+    truth = case.label
+    records = list(run_case(tiny_model, case, EvalProtocol(clicks=3, absent=True), "stock"))
+    corrections = [(r, call) for r, call in zip(records, engine_calls, strict=True) if r.step > 0]
+    absent = [(r, call) for r, call in corrections if r.prompt == "absent"]
+    assert absent, "no correction landed on a slice without the object: the case does not test this"
+    for record, (_, object_id, frame, prompt, _) in absent:
+        assert prompt.mask is not None and not prompt.mask.any()
+        assert not (truth[frame] == object_id).any()
+    for record, (_, object_id, frame, prompt, _) in corrections:
+        if record.prompt == "negative":
+            assert (truth[frame] == object_id).any()  # a slice with the object: a click, as before
+    assert {r.protocol for r in records} == {"box+3clicks+absent"}
+    clicks_only = list(run_case(tiny_model, case, EvalProtocol(clicks=3), "stock"))
+    assert "absent" not in {r.prompt for r in clicks_only}

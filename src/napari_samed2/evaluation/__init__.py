@@ -108,6 +108,7 @@ def evaluate_cases(
     start: str = "box",
     nsd_tolerance_mm: float = 2.0,
     converge: ConvergeStop | None = None,
+    absent: bool = False,
     out: str | Path | None = None,
     overwrite: bool = False,
     progress=None,
@@ -119,9 +120,11 @@ def evaluate_cases(
     the complete results.csv, summary.csv, summary.md and dice_per_click.png replace it at
     the end. ``progress`` is called with each :class:`EvalProgress`. ``converge``: the simulated
     user's re-propagation after a correction stops where masks agree again (``None``: full re-run).
+    ``absent``: the simulated user marks a slice without the object *Not on this slice* where a
+    negative click would go there (see :class:`EvalProtocol`).
     """
     protocol = EvalProtocol(
-        start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed, converge=converge
+        start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed, converge=converge, absent=absent
     )
     policies = _check_policies(policies)
     cases = [c if isinstance(c, EvalCase) else EvalCase.from_files(*c) for c in cases]

@@ -36,7 +36,10 @@ class EvalProtocol:
     """How the simulated user behaves and how steps are scored (CVPR 2025 challenge defaults).
 
     ``converge``: how the user re-propagates after a correction; ``None`` recomputes every
-    stale slice, a :class:`ConvergeStop` stops where the masks agree again (the GUI's default)."""
+    stale slice, a :class:`ConvergeStop` stops where the masks agree again (the GUI's default).
+    ``absent``: where the correction would be a negative click on a slice the object is not on
+    at all, the user presses *Not on this slice* instead (:meth:`FramePrompt.absent`); one
+    interaction either way, so it counts as one of the ``clicks``."""
 
     start: str = "box"  # "box" or "click"
     clicks: int = 5  # correction clicks after the start prompt
@@ -44,6 +47,7 @@ class EvalProtocol:
     dice_target: float = DICE_TARGET
     seed: int = 0  # tie-breaking between equally good click positions
     converge: ConvergeStop | None = None
+    absent: bool = False
 
     def __post_init__(self) -> None:
         if self.start not in START_PROMPTS:
@@ -59,10 +63,12 @@ class EvalProtocol:
 
     @property
     def name(self) -> str:
-        """E.g. ``box+5clicks`` (full re-runs) or ``box+5clicks+converge0.98x3``."""
+        """E.g. ``box+5clicks`` (full re-runs), ``box+5clicks+converge0.98x3`` or ``box+5clicks+absent``."""
         name = f"{self.start}+{self.clicks}clicks"
         if self.converge is not None:
             name += f"+converge{self.converge.iou:g}x{self.converge.frames}"
+        if self.absent:
+            name += "+absent"
         return name
 
 
@@ -70,8 +76,8 @@ class EvalProtocol:
 class StepRecord:
     """One object after one step of one case under one memory policy: a row of results.csv.
 
-    ``prompt`` is what the user did: ``box`` or ``click`` (step 0), ``positive`` or
-    ``negative`` (corrections), ``none`` when the mask was already exact and there was
+    ``prompt`` is what the user did: ``box`` or ``click`` (step 0), ``positive``,
+    ``negative`` or ``absent`` (corrections; see ``EvalProtocol.absent``), ``none`` when the mask was already exact and there was
     nothing to click. ``row``/``col`` locate the click (NaN for a box, whose corners are in
     ``box``). ``frames_encoded`` counts image-encoder runs in the step (the first step of a
     session pays for encoding the volume), ``frames_tracked`` the slices its propagation
@@ -153,8 +159,11 @@ def _run_object(
         if click is None:  # the mask is exact: the user has nothing to click, the mask stays
             yield scorer.step(step, "none", -1, None, lambda: 0)
             continue
-        prompt = with_click(session.prompts[object_id].get(click.frame), click)
-        kind = "positive" if click.positive else "negative"
+        if protocol.absent and not click.positive and not truth[click.frame].any():
+            prompt, kind = FramePrompt.absent(truth.shape[1:]), "absent"
+        else:
+            prompt = with_click(session.prompts[object_id].get(click.frame), click)
+            kind = "positive" if click.positive else "negative"
         yield scorer.step(step, kind, click.frame, prompt, click_and_repropagate)
 
 
