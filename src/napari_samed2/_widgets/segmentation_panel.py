@@ -861,12 +861,9 @@ class SegmentationPanel(QWidget):
         """The chosen Labels layer's pixels of the current object on ``frame`` (default: the
         slice on screen) become the object's mask prompt there, e.g. after painting a fix.
         The next click of the object on that slice replaces it (SAM-2 takes a mask or clicks)."""
-        if self.session is None or self.current_object is None:
-            self._say("Press New segmentation first.")
+        frame = self._slice_to_prompt(frame)
+        if frame is None:
             return
-        if self._refuse_without_model():
-            return
-        frame = self.current_frame() if frame is None else frame
         try:
             mask = mask_from_labels(
                 self.mask_choice.value, self.state.image_layer, self.session.volume, frame, self.current_object
@@ -877,30 +874,32 @@ class SegmentationPanel(QWidget):
         if not mask.any():
             self._say(f"Object {self.current_object} has no pixels on slice {frame} of that layer: paint some first.")
             return
-        prompt = FramePrompt(mask=mask)
-        object_id = self.current_object
-
-        def segment_with_mask():
-            yield _Step(self.session.segment_frame(frame, object_id, prompt))
-
-        self._submit("mask prompt", segment_with_mask, total=1, overwrite=True)
+        self._submit_slice_prompt("mask prompt", frame, FramePrompt(mask=mask))
 
     def mark_absent(self, frame: int | None = None) -> None:
         """The current object is not on ``frame`` (default: the slice on screen): an empty
         mask prompt there, which sam2 takes as "absent" (see :meth:`FramePrompt.absent`)."""
+        frame = self._slice_to_prompt(frame)
+        if frame is not None:
+            self._submit_slice_prompt("mark absent", frame, FramePrompt.absent(self.session.volume.frame_shape))
+
+    def _slice_to_prompt(self, frame: int | None) -> int | None:
+        """The slice a prompt of the current object goes to (default: the one on screen), or
+        ``None``, said in the status line, without a segmentation or a model."""
         if self.session is None or self.current_object is None:
             self._say("Press New segmentation first.")
-            return
+            return None
         if self._refuse_without_model():
-            return
-        frame = self.current_frame() if frame is None else frame
-        prompt = FramePrompt.absent(self.session.volume.frame_shape)
+            return None
+        return self.current_frame() if frame is None else frame
+
+    def _submit_slice_prompt(self, name: str, frame: int, prompt: FramePrompt) -> None:
         object_id = self.current_object
 
-        def segment_as_absent():
+        def segment():
             yield _Step(self.session.segment_frame(frame, object_id, prompt))
 
-        self._submit("mark absent", segment_as_absent, total=1, overwrite=True)
+        self._submit(name, segment, total=1, overwrite=True)
 
     def current_frame(self) -> int:
         """The slice on screen, along the session's axis."""
