@@ -81,8 +81,9 @@ class StepRecord:
     mask was already exact and there was nothing to click. ``row``/``col`` locate the click
     (NaN for a box, whose corners are in ``box``). ``frames_encoded`` counts image-encoder
     runs in the step (the first step of a session pays for encoding the volume),
-    ``frames_tracked`` the slices its propagation computed (fewer with a converge-stop). ``protocol`` is :attr:`EvalProtocol.name`, so rows
-    of runs with different protocols can be put side by side.
+    ``frames_tracked`` the slices its propagation computed (fewer with a converge-stop).
+    ``protocol`` is :attr:`EvalProtocol.name`, so rows of runs with different protocols can
+    be put side by side.
     """
 
     case: str
