@@ -180,6 +180,12 @@ def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, spacing
     raise TrainingError(f"unknown prompt kind {kind!r}; choose from {PROMPT_KINDS}")
 
 
+def check_share(name: str, value: float) -> None:
+    """A probability setting must lie in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise TrainingError(f"{name} must lie in [0, 1], got {value}")
+
+
 def check_prompt_probs(probs: Mapping[str, float]) -> dict[str, float]:
     unknown = sorted(set(probs) - set(PROMPT_KINDS))
     if unknown:
@@ -197,9 +203,10 @@ class ClipSampler:
     Each clip: a volume (uniformly), one of its objects (uniformly), a direction (backwards
     with ``reverse_prob``, SAM-2's time reversal), a first slice where the object is present,
     and up to ``clip_length`` slices from there (fewer only when the volume ends first).
-    With ``middle_start_prob`` the first slice is the object's middle one, where the
-    evaluation and most users prompt: the clip then runs past the object's end whenever the
-    object is shorter than the clip, so the model learns to let a vanished object go instead
+    With ``middle_start_prob`` the first slice is the median of the slices the object is on
+    (for an object without gaps, the evaluation's :func:`~napari_samed2.evaluation.prompts.
+    middle_slice`, where it and most users prompt): the clip then runs past the object's end
+    whenever the object is shorter than the clip, so the model learns to let a vanished object go instead
     of jumping to the next salient structure (measured: the demo model did exactly that).
     """
 
@@ -215,10 +222,8 @@ class ClipSampler:
     ):
         if clip_length < 1:
             raise TrainingError(f"clip_length must be at least 1, got {clip_length}")
-        if not 0.0 <= reverse_prob <= 1.0:
-            raise TrainingError(f"reverse_prob must lie in [0, 1], got {reverse_prob}")
-        if not 0.0 <= middle_start_prob <= 1.0:
-            raise TrainingError(f"middle_start_prob must lie in [0, 1], got {middle_start_prob}")
+        check_share("reverse_prob", reverse_prob)
+        check_share("middle_start_prob", middle_start_prob)
         self.pairs = pairs
         self.rng = rng
         self.clip_length = clip_length

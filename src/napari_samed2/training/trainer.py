@@ -37,7 +37,7 @@ from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 from napari_samed2.training import checkpoints
 from napari_samed2.training.adapters import select_trainable
-from napari_samed2.training.data import PROMPT_PROBS, ClipSampler, Clip, VolumePair, check_prompt_probs
+from napari_samed2.training.data import PROMPT_PROBS, ClipSampler, Clip, VolumePair, check_prompt_probs, check_share
 from napari_samed2.training.losses import LOSS_WEIGHTS, check_weights, combine, mask_losses, mean_terms
 
 _LOGIT_CLAMP = 32.0  # as the engine: previous logits fed back with new clicks are clamped
@@ -91,8 +91,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
         for name in ("reverse_prob", "middle_start_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise TrainingError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+            check_share(name, getattr(self, name))
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise TrainingError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         object.__setattr__(self, "prompt_probs", check_prompt_probs(self.prompt_probs))
