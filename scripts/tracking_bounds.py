@@ -5,8 +5,11 @@
 For each labelled object of the first ``count`` held-out synthetic volumes (stream 10,001, as
 ``evaluate_demo.py``'s synthetic set), 3D Dice of:
 
-* ``box_every``: a box on every slice where the object is, each segmented alone (no tracking);
-* ``box_mid``: a box on the middle slice, propagated both ways (what the evaluation starts with);
+* ``box_every``: a box on every slice where the object is, each segmented alone (no tracking;
+  each box reaches one pixel past the object's last row and column, so that a one-pixel-thin
+  cross-section has an area);
+* ``box_mid``: the evaluation's start prompt (a box on the middle slice of the object's
+  extent, :func:`~napari_samed2.evaluation.prompts.start_prompt`), propagated both ways;
 * ``box_mid_inside``: the same, predictions kept only on the slices where the object is;
 * ``mask_mid``: the true mask on the middle slice, propagated both ways;
 * ``copy_mid``: no model, the middle slice's true mask copied to every slice where the object is.
@@ -23,7 +26,7 @@ import numpy as np
 from napari_samed2 import load_model
 from napari_samed2.engine import FramePrompt, Session
 from napari_samed2.evaluation.metrics import dice
-from napari_samed2.evaluation.prompts import bounding_box
+from napari_samed2.evaluation.prompts import bounding_box, start_prompt
 from napari_samed2.training.synthetic import held_out_cases
 
 
@@ -42,15 +45,15 @@ def propagated(model, image: np.ndarray, frame: int, prompt: FramePrompt, cache)
     return out
 
 
-def bounds(model, image: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def bounds(model, image: np.ndarray, truth: np.ndarray, spacing) -> dict[str, float]:
     present = np.nonzero(truth.any(axis=(1, 2)))[0]
-    middle = int(present[len(present) // 2])
+    middle, start = start_prompt(truth, spacing, np.random.default_rng(0), "box")
     session = Session(model, image)
     session.add_object(1)
     every = np.zeros_like(truth)
     for z in present:
         every[z] = session.segment_frame(int(z), 1, box_prompt(truth[z])).objects[1].mask
-    from_box = propagated(model, image, middle, box_prompt(truth[middle]), session.cache)
+    from_box = propagated(model, image, middle, start, session.cache)
     inside = np.zeros_like(truth)
     inside[present] = from_box[present]
     copied = np.zeros_like(truth)
@@ -74,7 +77,7 @@ def main() -> None:
     rows = []
     for k, case in enumerate(held_out_cases(args.count, None, 10_001)):
         for object_id in range(1, case.num_objects + 1):
-            row = bounds(model, case.image, case.labels == object_id)
+            row = bounds(model, case.image, case.labels == object_id, case.spacing)
             rows.append(row)
             print(f"volume {k} object {object_id} ({case.kinds[object_id - 1]}): "
                   + "  ".join(f"{name} {value:.3f}" for name, value in row.items()), flush=True)
