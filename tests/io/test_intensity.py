@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_samed2.errors import VolumeError
-from napari_samed2.io.intensity import CT_PRESETS, IntensityWindow
+from napari_samed2.io.intensity import CT_PRESETS, WINDOW_CHOICES, IntensityWindow, chosen_window
 
 
 @pytest.mark.parametrize(
@@ -127,3 +127,30 @@ def test_rgb_frames_keep_their_shape_and_channels():
     video = np.stack([rgb, rgb // 2])
     window = IntensityWindow.from_percentiles(video, 0, 100)
     assert (window.low, window.high) == (0, 255)
+
+
+def test_each_window_choice_names_its_window():
+    assert chosen_window("auto") is None  # the volume's own percentiles
+    assert chosen_window("display", (0.25, 2)) == IntensityWindow(0.25, 2.0)
+    assert chosen_window("display", np.array([-1000, 500], np.int16)) == IntensityWindow(-1000.0, 500.0)
+    assert chosen_window("ct:soft_tissue") == IntensityWindow(-160.0, 240.0)
+    assert {k for k in WINDOW_CHOICES if k.startswith("ct:")} == {f"ct:{name}" for name in CT_PRESETS}
+    for key in WINDOW_CHOICES:
+        window = chosen_window(key, (0, 1))
+        assert window is None or window.low < window.high
+
+
+@pytest.mark.parametrize(
+    ("choice", "limits", "message"),
+    [
+        ("display", None, "contrast limits"),
+        ("display", (1.0,), "contrast limits"),
+        ("display", (5.0, 1.0), "below low"),
+        ("display", (0.0, float("nan")), "finite"),
+        ("ct:heart", None, "unknown CT preset"),
+        ("percentile", None, "unknown intensity window"),
+    ],
+)
+def test_a_window_choice_that_cannot_be_used_says_why(choice, limits, message):
+    with pytest.raises(VolumeError, match=message):
+        chosen_window(choice, limits)

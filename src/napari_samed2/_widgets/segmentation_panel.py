@@ -72,7 +72,8 @@ from napari_samed2.engine import ConvergeStop, FramePrompt, FrameResult, Session
 from napari_samed2.engine.labels import LabelVolume
 from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.engine.prompts import POSITIVE
-from napari_samed2.errors import HistoryError, SamEd2Error, SessionMismatchError
+from napari_samed2.errors import HistoryError, SamEd2Error, SessionMismatchError, VolumeError
+from napari_samed2.io.intensity import WINDOW_CHOICES, chosen_window
 from napari_samed2.io.writers import labels_metadata
 
 if TYPE_CHECKING:
@@ -236,6 +237,15 @@ class SegmentationPanel(QWidget):
 
         self.image_choice = ComboBox(choices=lambda _w: self._layers_of("Image"), nullable=False)
         self.axis_choice = QSpinBox()
+        self.window_choice = QComboBox()
+        for key, label in WINDOW_CHOICES.items():
+            self.window_choice.addItem(label, key)
+        self.window_choice.setToolTip(
+            "How the image's values reach the model. Choose a CT window for CT in HU (air and bone squeeze "
+            "soft tissue in the automatic window), or 'As displayed' to use the layer's contrast limits "
+            "(choose it again after changing them). During a segmentation the prompted slices are segmented again."
+        )
+        self.window_choice.activated.connect(self._window_activated)
         self.start_button = QPushButton("New segmentation")
         self.start_button.setToolTip("Create the prompt and output layers for this image and start with object 1")
         self.start_button.clicked.connect(self.start)
@@ -417,6 +427,7 @@ class SegmentationPanel(QWidget):
         form = QFormLayout(image_box)
         form.addRow("Layer", self.image_choice.native)
         form.addRow("Slicing axis", self.axis_choice)
+        form.addRow("Intensity window", self.window_choice)
         form.addRow(self.start_button)
 
         prompt_box = QGroupBox("Objects and prompts")
@@ -550,14 +561,15 @@ class SegmentationPanel(QWidget):
             return self._say("Open an image first (File > Open, or File > Open Sample > SAMed-2).")
         if self.busy:
             return self._say("Wait for the running job to end (or Cancel it) before starting a new segmentation.")
-        axis = self.axis_choice.value()
+        axis, window = self.axis_choice.value(), self.window_choice.currentData()
         try:
-            volume = Volume(image.data, axis, rgb=image.rgb, fixed=self._fixed_indices(image, axis))
+            normalise = self._window(image, window)
+            volume = Volume(image.data, axis, rgb=image.rgb, fixed=self._fixed_indices(image, axis), normalise=normalise)
             session = Session(model, volume, library=self.state.library)
             fingerprint = volume_fingerprint(volume)
         except _USER_ERRORS as exc:
             return self._say(f"Cannot segment {image.name!r} along axis {axis}: {exc}")
-        self._begin(image, session, fingerprint)
+        self._begin(image, session, fingerprint, window=window)
         self._offer_resume()
         return self._say(
             f"Segmenting {image.name!r} along axis {axis} ({len(volume)} slices). Click on the object "
@@ -565,7 +577,7 @@ class SegmentationPanel(QWidget):
         )
 
     def _begin(self, image, session: Session, fingerprint: str, labels: np.ndarray | None = None,
-               written: list[int] | None = None, autosaved: Path | None = None) -> None:
+               written: list[int] | None = None, autosaved: Path | None = None, window: str = "auto") -> None:
         """Show ``session`` of ``image``: new prompt layers and an output layer (``labels``, of
         which the ``written`` slices hold the session's own results, or empty), the objects and
         the prompts drawn (a resumed session). Earlier layers stay in the viewer untouched."""
@@ -596,6 +608,7 @@ class SegmentationPanel(QWidget):
         self.object_choice.clear()
         self.state.set_session(session, image_layer=image, axis=volume.axis)
         self.work.image_path, self.work.fingerprint = _source_path(image), fingerprint
+        self._show_window(window)
         self.work.autosave.reset(
             autosave_folders(self.work.image_path, fingerprint, session.model, datetime.now()), saved=autosaved
         )
@@ -658,30 +671,85 @@ class SegmentationPanel(QWidget):
         self._switch_model(model)
 
     def _switch_model(self, model) -> None:
+        self._replace_session(
+            model, self.session.volume, self.work.window, f"Now segmenting with {model.spec.title} ({model.image_size} px)",
+            f"Cannot segment with {model.spec.title}", "the new model", "the previous model's",
+        )
+
+    def _replace_session(self, model, volume: Volume, window: str, intro: str, refusal: str, what: str,
+                         whose: str) -> bool:
+        """Go on with a session of ``model`` on ``volume`` (another model, or the same image
+        windowed otherwise): the same objects, prompts, policy and library; the prompted
+        slices are segmented again, the other slices keep their labels until Propagate."""
         old = self.session
         try:
-            session = Session(model, old.volume, policy=old.policy, library=old.library, library_k=old.library_k)
+            session = Session(model, volume, policy=old.policy, library=old.library, library_k=old.library_k)
         except _USER_ERRORS as exc:
-            self._say(f"Cannot segment with {model.spec.title}: {exc}. The segmentation goes on with the previous model.")
-            return
+            self._say(f"{refusal}: {exc}. The segmentation goes on as it was.")
+            return False
         for object_id in old.object_ids:
             session.add_object(object_id)
         prompts = {(o, f): p for o, frames in old.prompts.items() for f, p in frames.items()}
         self.session = session
+        self._show_window(window)
         self.state.set_session(session, image_layer=self.state.image_layer, axis=self.state.axis)
-        # the old model's autosave stays resumable with it; this model's work autosaves apart
-        self.work.autosave.reset(autosave_folders(self.work.image_path, self.work.fingerprint, model, datetime.now()))
-        self.dismiss_offer()
-        self._show_autosave()
-        message = f"Now segmenting with {model.spec.title} ({model.image_size} px)"
+        if model is not old.model:  # the old model's autosave stays resumable with it; this one autosaves apart
+            self.work.autosave.reset(autosave_folders(self.work.image_path, self.work.fingerprint, model, datetime.now()))
+            self.dismiss_offer()
+            self._show_autosave()
+        message = intro
         if prompts:
-            self._submit("re-segment with the new model", self._segment_changes, prompts, total=len(prompts))
+            self._submit(f"re-segment with {what}", self._segment_changes, prompts, total=len(prompts))
             message += (
-                f": re-segmenting the {len(prompts)} prompted slices with it. Other slices show the previous "
-                "model's labels until you press Propagate."
+                f": re-segmenting the {len(prompts)} prompted slices. Other slices show {whose} labels until "
+                "you press Propagate."
             )
-        self.encoding.start(session)  # the new model's features differ from the old one's
+        else:
+            self._request_autosave()
+        self.encoding.start(session)  # features of another model or window differ
         self._say(message + ".")
+        return True
+
+    # intensity window --------------------------------------------------------------------
+    def _window(self, image, window: str):
+        """The normaliser of a window choice for ``image`` (``None``: the volume's own)."""
+        if image.rgb and window != "auto":
+            raise VolumeError("intensity windows apply to grayscale images; a colour image is read as 0-255: choose Auto")
+        return chosen_window(window, image.contrast_limits)
+
+    def _show_window(self, window: str) -> None:
+        self.work.window = window
+        self.window_choice.setCurrentIndex(self.window_choice.findData(window))
+
+    def _window_activated(self, index: int) -> None:
+        """A window chosen in the panel: from New segmentation on, or at once for the open one."""
+        window, label = self.window_choice.itemData(index), self.window_choice.itemText(index)
+        session = self.session
+        if session is None:
+            self._say(f"New segmentation will window the image as {label}.")
+            return
+        if self.busy:
+            self._show_window(self.work.window)
+            self._say("Wait for the running job to end (or Cancel it) before changing the intensity window.")
+            return
+        if session.model is None or self.state.model is None:
+            self._show_window(self.work.window)
+            self._say("No model is loaded: load one in the Model panel before changing the intensity window.")
+            return
+        old = session.volume
+        try:
+            normalise = self._window(self.state.image_layer, window)
+        except _USER_ERRORS as exc:
+            self._show_window(self.work.window)
+            self._say(f"Cannot use the window {label}: {exc}. The segmentation goes on as it was.")
+            return
+        current = old.normalise
+        if window == self.work.window and (normalise is None or normalise == current):
+            self._say(f"The segmentation already uses {label}.")
+            return
+        volume = Volume(old.data, old.axis, rgb=old.rgb, fixed=old.fixed, normalise=normalise)
+        self._replace_session(session.model, volume, window, f"Now windowing the image as {label}",
+                              f"Cannot use the window {label}", "the new window", "the previous window's")
 
     # objects -----------------------------------------------------------------------------
     @property
@@ -1333,7 +1401,8 @@ class SegmentationPanel(QWidget):
             axis = int(saved.image.get("axis", self.axis_choice.value()))
             fixed = saved.image.get("fixed")
             fixed = {int(k): int(v) for k, v in fixed.items()} if fixed is not None else self._fixed_indices(image, axis)
-            volume = Volume(image.data, axis, rgb=image.rgb, fixed=fixed)
+            window, normalise = saved.window()
+            volume = Volume(image.data, axis, rgb=image.rgb, fixed=fixed, normalise=normalise)
             fingerprint = volume_fingerprint(volume)
             library, notes = self._library_for(saved)
             loaded = load_session_folder(folder, model, volume, fingerprint, library=library)
@@ -1346,7 +1415,7 @@ class SegmentationPanel(QWidget):
             self._show_library()
         pristine = self._pristine_layers()
         self._begin(image, loaded.session, fingerprint, labels=loaded.labels, written=loaded.written,
-                    autosaved=folder if autosaved else None)
+                    autosaved=folder if autosaved else None, window=window)
         for layer in pristine:  # the empty layers of a segmentation that had not begun
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
@@ -1375,6 +1444,7 @@ class SegmentationPanel(QWidget):
             "image_name": self.state.image_layer.name if self.state.image_layer is not None else None,
             "image_path": self.work.image_path,
             "fingerprint": self.work.fingerprint,
+            "window": self.work.window,
             "library": self.state.library_folder if session.library is not None and session.library is self.state.library else None,
         }
 
@@ -1593,6 +1663,7 @@ class SegmentationPanel(QWidget):
         if image is not None:
             self.axis_choice.setRange(0, image.ndim - 1)
         self.axis_choice.setValue(self.state.axis)
+        self._show_window(self.work.window)
         last = len(session.volume) - 1
         self.first_slice.setRange(0, last)
         self.last_slice.setRange(0, last)

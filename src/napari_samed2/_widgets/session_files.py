@@ -32,6 +32,7 @@ import numpy as np
 from napari_samed2.engine import Session, Volume
 from napari_samed2.engine.labels import LabelVolume
 from napari_samed2.errors import OutputFolderError, SamEd2Error, SavedStateError, SessionMismatchError, VolumeError
+from napari_samed2.io.intensity import WINDOW_CHOICES, IntensityWindow
 
 SESSION_FILES = ("tensors.safetensors", "session.json")  # what Session.save writes
 LABELS_FILE = "labels.npz"
@@ -133,8 +134,18 @@ def describe_model(model) -> dict:
     }
 
 
+def window_record(choice: str, volume: Volume) -> dict:
+    """The intensity window as saved: its choice, and its bounds unless the volume's own
+    percentiles (``auto``, the same again when the image is opened again)."""
+    if choice == "auto":
+        return {"choice": "auto"}
+    window = volume.normalise
+    return {"choice": choice, "low": window.low, "high": window.high}
+
+
 def session_meta(session: Session, labels: LabelVolume | None, context: dict) -> dict:
-    """``panel.json``'s content. ``context``: ``image_name``, ``image_path``, ``fingerprint``
+    """``panel.json``'s content. ``context``: ``image_name``, ``image_path``, ``fingerprint``,
+    ``window`` (the :data:`~napari_samed2.io.WINDOW_CHOICES` key the volume was windowed by)
     and ``library`` (the library folder, if any), what the session itself does not know."""
     volume = session.volume
     segmented = {f for memory in session.memories.values() for f in (*memory.entries, *memory.pending) if f >= 0}
@@ -150,6 +161,7 @@ def session_meta(session: Session, labels: LabelVolume | None, context: dict) ->
             "fixed": {str(k): v for k, v in volume.fixed.items()},
             "rgb": volume.rgb,
             "fingerprint": context.get("fingerprint"),
+            "window": window_record(context.get("window", "auto"), volume),
         },
         "model": describe_model(session.model),
         "objects": session.object_ids,
@@ -217,6 +229,23 @@ class SavedSession:
             return datetime.fromisoformat(self.meta["saved_at"])
         except (KeyError, TypeError, ValueError):
             return None
+
+    def window(self) -> tuple[str, IntensityWindow | None]:
+        """The choice and window the session was segmented with (``auto`` for saves that
+        predate the choice): the resumed session must see the image as the saved one did."""
+        record = self.image.get("window") or {"choice": "auto"}
+        choice = record.get("choice") if isinstance(record, dict) else None
+        if choice == "auto":
+            return "auto", None
+        try:
+            if choice not in WINDOW_CHOICES:
+                raise VolumeError(f"unknown choice {choice!r}")
+            return choice, IntensityWindow(record.get("low"), record.get("high"))
+        except VolumeError as exc:
+            raise SavedStateError(
+                f"the intensity window saved in {self.folder / META_FILE} cannot be used ({exc}): the file was "
+                "edited or damaged. Open another save (an autosave, or a backup of the folder)."
+            ) from exc
 
     def model_title(self) -> str:
         model = self.model

@@ -49,6 +49,7 @@ class Segmentation:
     pending_model: Any = None  # a model that arrived while a job ran, applied after it
     image_path: Path | None = None  # the image's file, if it came from one
     fingerprint: str | None = None  # of the slices' content (session_files.volume_fingerprint)
+    window: str = "auto"  # the session's intensity window (a key of io.WINDOW_CHOICES)
     offer: SavedSession | None = None  # an autosave of this image offered for resuming
     autosave: Autosaver = field(default_factory=Autosaver)
     panel: Any = None

@@ -102,5 +102,33 @@ class IntensityWindow:
         return np.clip(out, 0.0, 1.0, out=out)
 
 
+WINDOW_CHOICES: dict[str, str] = {
+    "auto": "Auto (0.5-99.5 % of the volume)",
+    "display": "As displayed (the layer's contrast limits)",
+    **{
+        f"ct:{name}": f"CT {name.replace('_', ' ')} (L {level:g}, W {width:g})"
+        for name, (level, width) in CT_PRESETS.items()
+    },
+}
+"""How the Segmentation panel may window an image, by key: what the model sees should be
+what the user chose to see. A CT in HU holds air and bone, so its percentile window squeezes
+soft tissue into a few percent of the range, where a model cannot tell organs apart."""
+
+
+def chosen_window(choice: str, contrast_limits=None) -> IntensityWindow | None:
+    """The window a :data:`WINDOW_CHOICES` key names: ``None`` for ``auto`` (the volume's own
+    percentile window), ``contrast_limits`` (low, high) for ``display``, else a CT preset."""
+    if choice == "auto":
+        return None
+    if choice == "display":
+        limits = tuple(contrast_limits) if contrast_limits is not None else ()
+        if len(limits) != 2:
+            raise VolumeError(f"'As displayed' needs the layer's contrast limits (low, high), got {contrast_limits!r}")
+        return IntensityWindow(*(float(v) if _finite_number(v) else v for v in limits))
+    if choice.startswith("ct:"):
+        return IntensityWindow.preset(choice.removeprefix("ct:"))
+    raise VolumeError(f"unknown intensity window {choice!r}; choose one of {list(WINDOW_CHOICES)}")
+
+
 def _finite_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
