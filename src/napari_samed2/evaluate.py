@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where a negative click would land on a slice without the object, press 'Not on this slice' "
         "instead, as a user of the panel can (default: clicks only)",
     )
+    parser.add_argument(
+        "--window", default=None, type=_window, metavar="PRESET | LOW,HIGH",
+        help="intensity window the images are seen through, as the panel's choice: a CT preset "
+        "(ct:soft_tissue, ct:lung, ct:bone, ct:brain, ct:liver) or LOW,HIGH in the image's units, "
+        "written --window=LOW,HIGH when LOW is negative (default: the volume's 0.5-99.5 %% percentiles)",
+    )
     parser.add_argument("--out", required=True, help="folder for the result files")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return parser
@@ -70,6 +76,19 @@ def _converge_stop(text: str):
         raise argparse.ArgumentTypeError(
             f"expected IOU,FRAMES such as 0.98,3 (IoU in (0, 1], frames >= 1), got {text!r}: {exc}"
         ) from None
+
+
+def _window(text: str):
+    """``ct:soft_tissue`` or ``LOW,HIGH`` as an IntensityWindow."""
+    from napari_samed2.evaluation import evaluation_window
+
+    try:
+        if "," in text:
+            low, high = text.split(",")
+            return evaluation_window((float(low), float(high)))
+        return evaluation_window(text)
+    except (ValueError, SamEd2Error) as exc:
+        raise argparse.ArgumentTypeError(f"expected a CT preset such as ct:soft_tissue, or LOW,HIGH; got {text!r}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,11 +12,12 @@ import pytest
 
 from napari_samed2.engine import ConvergeStop, Session
 from napari_samed2.engine.library import MemoryLibrary
-from napari_samed2.errors import ExistingFileError
+from napari_samed2.errors import ExistingFileError, VolumeError
 from napari_samed2.evaluation import EvalCase, EvalProtocol, EvaluationResults, evaluate, evaluate_cases, run_case
 from napari_samed2.evaluation.prompts import correction_click, start_prompt, with_click
 from napari_samed2.evaluation.protocol import object_prediction
 from napari_samed2.evaluation.report import summary_markdown
+from napari_samed2.io import IntensityWindow
 
 SPACING = (2.0, 0.8, 0.8)
 
@@ -213,3 +214,44 @@ def test_the_user_marks_slices_without_the_object_absent_instead_of_clicking(tin
     assert {r.protocol for r in records} == {"box+3clicks+absent"}
     clicks_only = list(run_case(tiny_model, case, EvalProtocol(clicks=3), "stock"))
     assert "absent" not in {r.prompt for r in clicks_only}
+
+
+def test_the_protocols_intensity_window_is_what_the_session_sees(tiny_model, monkeypatch):
+    """As the panel's *Intensity window*: every session of the run windows the image with it,
+    the rows and the report name it, and the images it is given in differ from the default's."""
+    seen = []
+    original = Session.__init__
+
+    def spy(self, model, volume, **options):
+        original(self, model, volume, **options)
+        seen.append(self.volume.normalise)
+
+    monkeypatch.setattr(Session, "__init__", spy)
+    image, label = two_objects()
+    case = EvalCase.from_arrays(image * 1000.0 - 1000.0, label, spacing=SPACING, name="ct")
+    results = evaluate_cases(tiny_model, [case], clicks=0, window="ct:soft_tissue")
+    assert seen == [IntensityWindow(-160.0, 240.0)]
+    assert {r.protocol for r in results.records} == {"box+0clicks+window-160to240"}
+    assert "Intensity window: -160 to 240." in summary_markdown(results, [])
+    seen.clear()
+    evaluate_cases(tiny_model, [case], clicks=0, window=(-1000, 0))
+    evaluate_cases(tiny_model, [case], clicks=0)
+    assert seen[0] == IntensityWindow(-1000.0, 0.0) and seen[1] == IntensityWindow.from_percentiles(case.image)
+
+
+def test_a_window_that_cannot_be_used_is_refused_before_any_work(tiny_model):
+    from napari_samed2.evaluate import build_parser
+
+    case = EvalCase.from_arrays(*two_objects(), spacing=SPACING, name="case")
+    for bad, message in (("ct:heart", "unknown CT preset"), ("display", "contrast limits"), ((5, 1), "below low"),
+                         ((1, 2, 3), r"\(low, high\)")):
+        with pytest.raises(VolumeError, match=message):
+            evaluate_cases(tiny_model, [case], clicks=0, window=bad)
+    parser = build_parser()
+    required = ["image", "label", "--out", "o"]
+    assert parser.parse_args(required).window is None
+    assert parser.parse_args([*required, "--window", "ct:lung"]).window == IntensityWindow(-1350.0, 150.0)
+    assert parser.parse_args([*required, "--window=-100,300"]).window == IntensityWindow(-100.0, 300.0)
+    for bad in ("ct:heart", "300,-100", "1,2,3", "low,high"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*required, "--window", bad])

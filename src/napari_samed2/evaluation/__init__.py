@@ -14,7 +14,7 @@ from pathlib import Path
 
 from napari_samed2.engine.converge import ConvergeStop
 from napari_samed2.engine.library import MemoryLibrary
-from napari_samed2.errors import ExistingFileError
+from napari_samed2.errors import ExistingFileError, VolumeError
 from napari_samed2.evaluation.cases import (
     EvalCase,
     SpacingAssumedWarning,
@@ -25,6 +25,7 @@ from napari_samed2.evaluation.cases import (
 from napari_samed2.evaluation.metrics import clicks_to_reach, curve_auc, dice, normalized_surface_dice
 from napari_samed2.evaluation.protocol import POLICIES, EvalProtocol, StepRecord, run_case
 from napari_samed2.io._files import check_writable
+from napari_samed2.io.intensity import IntensityWindow, chosen_window
 from napari_samed2.evaluation.report import (
     OUTPUT_FILES,
     EvaluationResults,
@@ -50,6 +51,7 @@ __all__ = [
     "dice",
     "evaluate",
     "evaluate_cases",
+    "evaluation_window",
     "find_images",
     "find_pairs",
     "normalized_surface_dice",
@@ -109,6 +111,7 @@ def evaluate_cases(
     nsd_tolerance_mm: float = 2.0,
     converge: ConvergeStop | None = None,
     absent: bool = False,
+    window: str | IntensityWindow | Sequence[float] | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     progress=None,
@@ -121,10 +124,13 @@ def evaluate_cases(
     the end. ``progress`` is called with each :class:`EvalProgress`. ``converge``: the simulated
     user's re-propagation after a correction stops where masks agree again (``None``: full re-run).
     ``absent``: the simulated user marks a slice without the object *Not on this slice* where a
-    negative click would go there (see :class:`EvalProtocol`).
+    negative click would go there (see :class:`EvalProtocol`). ``window``: the intensity window
+    the images are seen through, as the panel's choice: ``None`` (the volume's percentiles), a
+    CT preset key such as ``"ct:soft_tissue"``, ``(low, high)`` or an :class:`IntensityWindow`.
     """
     protocol = EvalProtocol(
-        start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed, converge=converge, absent=absent
+        start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed, converge=converge, absent=absent,
+        window=evaluation_window(window),
     )
     policies = _check_policies(policies)
     cases = [c if isinstance(c, EvalCase) else EvalCase.from_files(*c) for c in cases]
@@ -165,6 +171,20 @@ def evaluate(
     else:
         case = EvalCase.from_arrays(image, label, spacing, name=name or "case")
     return evaluate_cases(model, [case], **options)
+
+
+def evaluation_window(window) -> IntensityWindow | None:
+    """``window`` as :func:`evaluate_cases` takes it, as an :class:`IntensityWindow` (or ``None``)."""
+    if window is None or isinstance(window, IntensityWindow):
+        return window
+    if isinstance(window, str):
+        if window == "display":
+            raise VolumeError("'display' is the panel's layer contrast limits; give the window's (low, high) instead")
+        return chosen_window(window)
+    bounds = tuple(window)
+    if len(bounds) != 2:
+        raise VolumeError(f"an intensity window is (low, high), got {window!r}")
+    return IntensityWindow(*bounds)
 
 
 def _check_policies(policies: Sequence[str]) -> list[str]:

@@ -25,6 +25,7 @@ from napari_samed2.evaluation.metrics import (
     dice,
     normalized_surface_dice,
 )
+from napari_samed2.io.intensity import IntensityWindow
 from napari_samed2.evaluation.prompts import START_PROMPTS, correction_click, start_prompt, with_click
 from napari_samed2.models.loading import LoadedModel
 
@@ -39,7 +40,9 @@ class EvalProtocol:
     stale slice, a :class:`ConvergeStop` stops where the masks agree again (the GUI's default).
     ``absent``: where the correction would be a negative click on a slice the object is not on
     at all, the user presses *Not on this slice* instead (:meth:`FramePrompt.absent`); one
-    interaction either way, so it counts as one of the ``clicks``."""
+    interaction either way, so it counts as one of the ``clicks``. ``window``: how the image's
+    values reach the model, as the panel's *Intensity window* (``None``: the volume's 0.5-99.5 %
+    percentiles; a CT window for CT in HU)."""
 
     start: str = "box"  # "box" or "click"
     clicks: int = 5  # correction clicks after the start prompt
@@ -48,6 +51,7 @@ class EvalProtocol:
     seed: int = 0  # tie-breaking between equally good click positions
     converge: ConvergeStop | None = None
     absent: bool = False
+    window: IntensityWindow | None = None
 
     def __post_init__(self) -> None:
         if self.start not in START_PROMPTS:
@@ -60,6 +64,8 @@ class EvalProtocol:
             raise ValueError(
                 f"converge must be None or a ConvergeStop, e.g. ConvergeStop(0.98, 3); got {self.converge!r}"
             )
+        if self.window is not None and not isinstance(self.window, IntensityWindow):
+            raise ValueError(f"window must be None or an IntensityWindow, e.g. IntensityWindow.preset('soft_tissue'); got {self.window!r}")
 
     @property
     def name(self) -> str:
@@ -69,6 +75,8 @@ class EvalProtocol:
             name += f"+converge{self.converge.iou:g}x{self.converge.frames}"
         if self.absent:
             name += "+absent"
+        if self.window is not None:
+            name += f"+window{self.window.low:g}to{self.window.high:g}"
         return name
 
 
@@ -126,7 +134,8 @@ def run_case(
     cache = EmbeddingCache()
     try:
         # a simulated user never undoes: no history, so replaced memories are freed at once
-        session = Session(model, case.image, axis=axis, policy=policy, cache=cache, library=library, undo_steps=0)
+        session = Session(model, case.image, axis=axis, policy=policy, cache=cache, library=library, undo_steps=0,
+                          normalise=protocol.window)
         for object_id in case.object_ids:
             session.add_object(object_id)
         for object_id in case.object_ids:

@@ -113,7 +113,9 @@ def summary_markdown(results: EvaluationResults, summaries: Sequence[ObjectSumma
         f"Model: {results.model}. Protocol: start with a {protocol.start} on the middle slice of each object, "
         f"then {protocol.clicks} correction clicks (each at the centre of the largest 3D error, followed by "
         f"re-propagation). NSD tolerance {protocol.nsd_tolerance_mm:g} mm; clicks to Dice "
-        f"{protocol.dice_target:g} are capped at {protocol.clicks + 1} when never reached. Seed {protocol.seed}.",
+        f"{protocol.dice_target:g} are capped at {protocol.clicks + 1} when never reached. Seed {protocol.seed}. "
+        + ("Intensity window: the volume's 0.5-99.5 % percentiles." if protocol.window is None else
+           f"Intensity window: {protocol.window.low:g} to {protocol.window.high:g}."),
         "",
         f"Protocol {protocol.name}: {_repropagation(protocol)}",
         "",
