@@ -7,7 +7,8 @@
 Four domains built over :mod:`napari_samed2.training.synthetic`'s generator (same anatomy
 and labels, different image formation): ``mr`` (soft contrast, smooth bias), ``ct``
 (Hounsfield-like values with bright bone around the body, so a percentile window squeezes
-soft tissue), ``us`` (multiplicative speckle and depth attenuation) and ``micro`` (bright
+soft tissue; evaluated and learnt through a window on the tissue's range, -1,000 to 100 HU,
+as a CT user reads it, unless ``--ct-window auto``), ``us`` (multiplicative speckle and depth attenuation) and ``micro`` (bright
 objects on a dark background with cell-like texture and shot noise). Training volumes come
 from training streams, test volumes from held-out streams. For each mode (``none``,
 ``naive``, ``replay``, ``replay+distill``) the model starts from the given weights and
@@ -39,6 +40,7 @@ from scipy import ndimage
 
 DOMAINS = ("mr", "ct", "us", "micro")
 MODES = ("none", "naive", "replay", "replay+distill")
+CT_TISSUE_WINDOW = (-1000.0, 100.0)  # the CT-like render's tissue lies between -1,000 and 80 HU
 START, END = "<!-- results: written by benchmarks/bench_continual.py -->", "<!-- end of results -->"
 
 
@@ -78,9 +80,11 @@ class Volume:
     image: np.ndarray
     labels: np.ndarray
     spacing: tuple[float, float, float]
+    window: tuple[float, float] | None = None  # the intensity window it is read through (None: percentiles)
 
 
-def volumes(domain: str, count: int, shape: tuple[int, int, int], *, held_out: bool) -> list[Volume]:
+def volumes(domain: str, count: int, shape: tuple[int, int, int], *, held_out: bool,
+            ct_window: tuple[float, float] | None = CT_TISSUE_WINDOW) -> list[Volume]:
     from napari_samed2.training.synthetic import HELD_OUT_SEED, SyntheticConfig, synthetic_stream
 
     config = SyntheticConfig.fixed_shape(shape, objects=(1, 2), corrupted_fraction=0.0)
@@ -90,7 +94,8 @@ def volumes(domain: str, count: int, shape: tuple[int, int, int], *, held_out: b
         rng = np.random.default_rng([seed, k, 7])
         image = render(domain, case.image, case.labels, rng)
         kind = "test" if held_out else "train"
-        found.append(Volume(domain, f"{domain}-{kind}-{k}", image, case.labels, case.spacing))
+        window = ct_window if domain == "ct" else None
+        found.append(Volume(domain, f"{domain}-{kind}-{k}", image, case.labels, case.spacing, window))
     return found
 
 
@@ -105,7 +110,7 @@ def evaluate(model, tests: dict[str, list[Volume]], clicks: int) -> dict[str, di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cases = [EvalCase.from_arrays(v.image, v.labels, v.spacing, name=v.name) for v in items]
-        results = evaluate_cases(model, cases, clicks=clicks)
+        results = evaluate_cases(model, cases, clicks=clicks, window=items[0].window)
         box = [r.dice for r in results.records if r.step == 0]
         scores[domain] = {
             "dice": float(np.mean(box)),
@@ -134,7 +139,8 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
     stages, seconds = [], []
     for domain in args.domains:
         for volume in trains[domain]:
-            case = case_from_arrays(model, volume.image, volume.labels, name=volume.name, spacing=volume.spacing)
+            case = case_from_arrays(model, volume.image, volume.labels, name=volume.name, spacing=volume.spacing,
+                                    window=volume.window)
             store.add(case)
             rate = {} if args.lr is None else {"lr": args.lr}
             for progress in adapt(model, case, store, versions=work / mode / "versions", mode=mode, steps=args.steps,
@@ -158,7 +164,8 @@ def markdown(runs: list[dict], args, plot: Path) -> str:
     lines = [
         f"Model `{args.model}`, {size} px, lr {rate}, {args.device}; domains {', '.join(args.domains)}; "
         f"{args.train_volumes} confirmed volume(s) per domain, {args.test_volumes} held-out per domain, shape "
-        f"{tuple(args.shape)}; {args.steps} steps per adaptation; {args.clicks} correction clicks; "
+        f"{tuple(args.shape)}; {args.steps} steps per adaptation; {args.clicks} correction clicks; CT window "
+        f"{'-1000 to 100 HU' if args.ct_window == 'tissue' else 'the percentiles'}; "
         f"{platform.processor() or platform.machine()}.",
         "",
         "| mode | avg Dice (box) | BWT Dice | FWT Dice | avg clicks to 0.9 | BWT clicks | s / adaptation |",
@@ -228,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ct-window", default="tissue", choices=("tissue", "auto"),
+        help="read the CT-like domain through a window on its tissue's range, -1000 to 100 HU, as a CT user "
+        "would (default), or through the volume's percentiles (auto: bone squeezes the tissue)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "continual.md")
     return parser
 
@@ -235,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     shape = tuple(args.shape)
-    trains = {d: volumes(d, args.train_volumes, shape, held_out=False) for d in args.domains}
-    tests = {d: volumes(d, args.test_volumes, shape, held_out=True) for d in args.domains}
+    ct_window = CT_TISSUE_WINDOW if args.ct_window == "tissue" else None
+    trains = {d: volumes(d, args.train_volumes, shape, held_out=False, ct_window=ct_window) for d in args.domains}
+    tests = {d: volumes(d, args.test_volumes, shape, held_out=True, ct_window=ct_window) for d in args.domains}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         runs = [run_mode(args, mode, trains, tests, Path(work)) for mode in args.modes]

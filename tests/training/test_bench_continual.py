@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_continual.py"
 
@@ -50,3 +51,21 @@ def test_summaries_follow_the_continual_learning_definitions():
     assert summary["average"] == (0.6 + 0.9) / 2
     assert abs(summary["backward"] - (0.6 - 0.8)) < 1e-9  # forgetting of a
     assert abs(summary["forward"] - (0.3 - 0.2)) < 1e-9  # b helped by learning a
+
+
+def test_the_ct_like_domain_is_read_through_a_tissue_window_unless_asked_not_to(monkeypatch):
+    bench = _load_script()
+    ct = bench.volumes("ct", 1, (8, 48, 48), held_out=True)[0]
+    assert ct.window == bench.CT_TISSUE_WINDOW and ct.image.min() < -900 and ct.image.max() > 1000
+    assert bench.volumes("ct", 1, (8, 48, 48), held_out=True, ct_window=None)[0].window is None
+    assert bench.volumes("mr", 1, (8, 48, 48), held_out=True)[0].window is None
+    windows = []
+    import napari_samed2.evaluation as evaluation
+
+    def spy(model, cases, clicks, window):
+        windows.append(window)
+        return SimpleNamespace(records=[SimpleNamespace(step=0, dice=0.5)], summaries=[SimpleNamespace(clicks_to_target=2)])
+
+    monkeypatch.setattr(evaluation, "evaluate_cases", spy)
+    assert bench.evaluate(None, {"ct": [ct]}, clicks=0) == {"ct": {"dice": 0.5, "clicks": 2.0}}
+    assert windows == [bench.CT_TISSUE_WINDOW]
