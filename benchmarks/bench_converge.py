@@ -30,20 +30,12 @@ SECTION = "## Converge-stop"
 HELD_OUT_STREAM = 10_001
 
 
-def held_out_cases(count: int):
-    from napari_samed2.evaluation import EvalCase
-    from napari_samed2.training.synthetic import held_out_cases as synthetic_held_out
-
-    return [
-        EvalCase.from_arrays(case.image, case.labels, case.spacing, name=f"held-out {HELD_OUT_STREAM}/{k}")
-        for k, case in enumerate(synthetic_held_out(count, seed=HELD_OUT_STREAM))
-    ]
-
-
 def run(model: str, count: int, clicks: int, converge) -> list:
     from napari_samed2.evaluation import evaluate_cases
+    from napari_samed2.training.synthetic import held_out_eval_cases
 
-    results = evaluate_cases(model, held_out_cases(count), clicks=clicks, device="cpu", converge=converge)
+    cases = held_out_eval_cases(count, seed=HELD_OUT_STREAM)
+    results = evaluate_cases(model, cases, clicks=clicks, device="cpu", converge=converge)
     return list(results.records)
 
 

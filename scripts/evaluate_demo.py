@@ -18,16 +18,9 @@ import argparse
 from pathlib import Path
 
 from napari_samed2.evaluation import EvalCase, evaluate_cases, find_pairs
-from napari_samed2.training.synthetic import SyntheticConfig, held_out_cases
+from napari_samed2.training.synthetic import SyntheticConfig, held_out_eval_cases
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def synthetic_cases(seed: int, count: int, config: SyntheticConfig | None = None) -> list[EvalCase]:
-    return [
-        EvalCase.from_arrays(case.image, case.labels, case.spacing, name=f"held-out {seed}/{k}")
-        for k, case in enumerate(held_out_cases(count, config, seed))
-    ]
 
 
 def main() -> None:
@@ -42,9 +35,9 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     runs = {
-        "synthetic": lambda: (synthetic_cases(10_001, args.count), ["stock"], 5),
+        "synthetic": lambda: (held_out_eval_cases(args.count, seed=10_001), ["stock"], 5),
         "corrupted": lambda: (
-            synthetic_cases(10_002, args.count, SyntheticConfig(corrupted_fraction=0.2)), ["stock", "confidence"], 3
+            held_out_eval_cases(args.count, SyntheticConfig(corrupted_fraction=0.2), 10_002), ["stock", "confidence"], 3
         ),
         "real": lambda: ([EvalCase.from_files(*pair) for pair in find_pairs(SHARED_DATA)], ["stock"], 5),
     }

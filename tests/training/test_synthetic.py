@@ -13,6 +13,7 @@ from napari_samed2.training.synthetic import (
     HELD_OUT_SEED,
     SyntheticConfig,
     held_out_cases,
+    held_out_eval_cases,
     synthetic_case,
     synthetic_stream,
 )
@@ -198,6 +199,13 @@ def test_streams_are_reproducible_and_held_out_seeds_are_kept_apart():
     validation = held_out_cases(2, SMALL)
     assert len(validation) == 2
     np.testing.assert_array_equal(validation[0].image, next(synthetic_stream(HELD_OUT_SEED, SMALL, held_out=True)).image)
+    evaluated = held_out_eval_cases(2, SMALL, seed=HELD_OUT_SEED + 3)
+    assert [c.name for c in evaluated] == [f"held-out {HELD_OUT_SEED + 3}/0", f"held-out {HELD_OUT_SEED + 3}/1"]
+    source = held_out_cases(2, SMALL, seed=HELD_OUT_SEED + 3)
+    for case, synthetic in zip(evaluated, source, strict=True):
+        np.testing.assert_array_equal(case.image, synthetic.image)
+        np.testing.assert_array_equal(case.label, synthetic.labels)
+        assert case.spacing == synthetic.spacing and not case.spacing_assumed
 
 
 def test_promptable_labels_make_each_look_alike_blob_an_object_of_its_own(cases):

@@ -185,6 +185,17 @@ def held_out_cases(count: int, config: SyntheticConfig | None = None, seed: int 
     return list(itertools.islice(synthetic_stream(seed, config, held_out=True), count))
 
 
+def held_out_eval_cases(count: int, config: SyntheticConfig | None = None, seed: int = HELD_OUT_SEED) -> list:
+    """:func:`held_out_cases` as evaluation cases named ``held-out <seed>/<k>``, as the demo
+    model's evaluation and the benchmarks measure it."""
+    from napari_samed2.evaluation import EvalCase
+
+    return [
+        EvalCase.from_arrays(case.image, case.labels, case.spacing, name=f"held-out {seed}/{k}")
+        for k, case in enumerate(held_out_cases(count, config, seed))
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 class _Builder:
     """Draws one case; the methods share the generator, shape and coordinate grids."""
