@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "instead, as a user of the panel can (default: clicks only)",
     )
     parser.add_argument(
-        "--window", default=None, type=_window, metavar="PRESET | LOW,HIGH",
+        "--window", default=None, type=window_argument, metavar="PRESET | LOW,HIGH",
         help="intensity window the images are seen through, as the panel's choice: a CT preset "
         "(ct:soft_tissue, ct:lung, ct:bone, ct:brain, ct:liver) or LOW,HIGH in the image's units, "
         "written --window=LOW,HIGH when LOW is negative (default: the volume's 0.5-99.5 %% percentiles)",
@@ -78,15 +78,15 @@ def _converge_stop(text: str):
         ) from None
 
 
-def _window(text: str):
-    """``ct:soft_tissue`` or ``LOW,HIGH`` as an IntensityWindow."""
-    from napari_samed2.evaluation import evaluation_window
+def window_argument(text: str):
+    """``--window``'s value, ``ct:soft_tissue`` or ``LOW,HIGH``, as an IntensityWindow."""
+    from napari_samed2.io.intensity import as_window
 
     try:
         if "," in text:
             low, high = text.split(",")
-            return evaluation_window((float(low), float(high)))
-        return evaluation_window(text)
+            return as_window((float(low), float(high)))
+        return as_window(text)
     except (ValueError, SamEd2Error) as exc:
         raise argparse.ArgumentTypeError(f"expected a CT preset such as ct:soft_tissue, or LOW,HIGH; got {text!r}: {exc}") from None
 

@@ -23,9 +23,10 @@ from napari_samed2.cohort.cli import build_parser, main
 from napari_samed2.cohort.runner import SCHEDULER_CONFIG, dask_client, stream_on_dask
 from napari_samed2.engine import FramePrompt, Session
 from napari_samed2.engine.embedding_cache import CACHE_DIR_ENV
-from napari_samed2.io import read_image
+from napari_samed2.errors import CohortError
+from napari_samed2.io import IntensityWindow, read_image
 
-from tests.cohort.conftest import BROKEN, GOOD
+from tests.cohort.conftest import BROKEN, GOOD, SLICES
 from tests.conftest import TEST_IMAGE_SIZE
 
 CLICKS = 1
@@ -184,6 +185,27 @@ def test_an_interrupted_run_resumes_without_redoing_finished_volumes(in_process,
     assert [r.status for r in embed().rows] == ["failed", "done", "done"]
     assert [r.status for r in embed().rows] == ["failed", "kept", "kept"]
     assert [(r.status, r.encoded) for r in embed(redo=True).rows] == [("failed", 0), ("done", 0), ("done", 0)]
+
+
+def test_an_intensity_window_reaches_every_command_and_embed_and_segment_share_it(cohort_folder, tiny_checkpoint,
+                                                                                  tmp_path):
+    out, cache, window = tmp_path / "out", tmp_path / "cache", (-50.0, 150.0)
+    common = {**options(tiny_checkpoint), "workers": 0, "cache": cache}
+    embedded = embed_cohort(cohort_folder, out=out, window=window, **common)
+    assert [(r.status, r.encoded) for r in embedded.rows] == [("failed", 0), ("done", SLICES), ("done", SLICES)]
+    segmented = segment_cohort(cohort_folder, out=out, window=window, **common)
+    assert [(r.status, r.encoded) for r in segmented.rows if r.status != "failed"] == [("done", 0), ("done", 0)]
+    # without the window the same volumes are other slices to the model: their own signature, encoded again
+    plain = segment_cohort(cohort_folder, out=out, **common)
+    assert [(r.status, r.encoded) for r in plain.rows if r.status != "failed"] == [("done", SLICES), ("done", SLICES)]
+    evaluated = evaluate_cohort(cohort_folder, out=out, clicks=0, window="ct:lung", **options(tiny_checkpoint),
+                                workers=0)
+    assert {r.protocol for r in evaluated.evaluation.records} == {"box+0clicks+window-1350to150"}
+    with pytest.raises(CohortError, match="intensity window.*below low"):
+        embed_cohort(cohort_folder, out=tmp_path / "bad", window=(5, 1), **common)
+    assert not (tmp_path / "bad").exists()
+    assert build_parser().parse_args(["embed", "x", "--model", "m", "--out", "o", "--window=-50,150"]).window == \
+        IntensityWindow(-50.0, 150.0)
 
 
 def test_command_line(in_process, cohort_folder, tiny_checkpoint, tmp_path, cluster, capsys):

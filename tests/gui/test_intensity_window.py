@@ -70,13 +70,16 @@ def test_changing_the_window_mid_segmentation_re_segments_the_prompted_slices(pa
     assert panel.session is not session and panel.session.volume.normalise == IntensityWindow(0.0, 0.8)
 
 
-def test_a_window_is_refused_while_a_job_runs_or_for_a_colour_image(panel, make_napari_viewer, tiny_model):
+def test_a_window_is_refused_while_a_job_runs_without_a_model_or_for_a_colour_image(panel, make_napari_viewer, tiny_model):
     session = panel.session
     panel._worker = object()  # a job running
     try:
         assert "Wait for the running job" in _choose(panel, "ct:lung")
     finally:
         panel._worker = None
+    assert panel.session is session and panel.window_choice.currentData() == "auto"
+    panel.state.set_model(None)
+    assert "No model is loaded" in _choose(panel, "ct:lung")
     assert panel.session is session and panel.window_choice.currentData() == "auto"
 
     rgb = np.zeros((4, 32, 32, 3), np.uint8)

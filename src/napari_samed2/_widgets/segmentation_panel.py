@@ -732,7 +732,7 @@ class SegmentationPanel(QWidget):
             self._show_window(self.work.window)
             self._say("Wait for the running job to end (or Cancel it) before changing the intensity window.")
             return
-        if session.model is None or self.state.model is None:
+        if self.state.model is None:
             self._show_window(self.work.window)
             self._say("No model is loaded: load one in the Model panel before changing the intensity window.")
             return

@@ -18,10 +18,11 @@ from napari_samed2.cohort.report import evaluation_results, write_cohort_report
 from napari_samed2.cohort.runner import CohortProgress, run_cohort
 from napari_samed2.cohort.tasks import DONE, FAILED, KEPT, CohortTask, ModelRef, VolumeResult
 from napari_samed2.engine.embedding_cache import default_cache_dir
-from napari_samed2.errors import CheckpointError, CohortError
+from napari_samed2.errors import CheckpointError, CohortError, VolumeError
 from napari_samed2.evaluation.protocol import POLICIES, EvalProtocol
 from napari_samed2.evaluation.report import EvaluationResults
 from napari_samed2.io._files import check_writable
+from napari_samed2.io.intensity import IntensityWindow, as_window
 
 ProgressCallback = Callable[[CohortProgress], None]
 
@@ -61,6 +62,7 @@ def embed_cohort(
     out: str | os.PathLike,
     cache: str | os.PathLike | None = None,
     axis: int = 0,
+    window: str | IntensityWindow | Sequence[float] | None = None,
     image_size: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -72,9 +74,12 @@ def embed_cohort(
     """Encode every slice of every volume into the persistent embedding cache ``cache``
     (default: :func:`~napari_samed2.engine.embedding_cache.default_cache_dir`, where
     sessions look), so that opening a volume later runs no image encoder. Writes
-    ``out/embed.csv``. Volumes already embedded with the same model are kept."""
+    ``out/embed.csv``. Volumes already embedded with the same model are kept. ``window``: the
+    intensity window the slices are read through (see :func:`~napari_samed2.io.as_window`;
+    default: each volume's percentiles); ``segment_cohort`` finds the embeddings only when
+    given the same one."""
     cache_dir = check_writable(Path(cache) if cache is not None else default_cache_dir())
-    task = _task("embed", model, out, cache_dir, axis, image_size, device, dtype)
+    task = _task("embed", model, out, cache_dir, axis, image_size, device, dtype, window=_window(window))
     return _run(cohort, task, workers, scheduler, redo, progress)
 
 
@@ -86,6 +91,7 @@ def segment_cohort(
     policy: str = "stock",
     cache: str | os.PathLike | None = None,
     axis: int = 0,
+    window: str | IntensityWindow | Sequence[float] | None = None,
     image_size: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -97,11 +103,13 @@ def segment_cohort(
     """Segment every volume from its prompt file with ``policy``: labels as NIfTI on the
     image's grid in ``out/labels/``, each volume's per-slice confidence in
     ``out/cases/<name>/confidence.csv``, and ``out/segment.csv`` with the least confident
-    volumes first. Embeddings in ``cache`` (see :func:`embed_cohort`) are read, not recomputed."""
+    volumes first. Embeddings in ``cache`` (see :func:`embed_cohort`, with the same ``window``)
+    are read, not recomputed."""
     if policy not in POLICIES:
         raise CohortError(f"the memory policy must be one of {POLICIES}, not {policy!r}")
     cache_dir = Path(cache) if cache is not None else default_cache_dir()
-    task = _task("segment", model, out, cache_dir, axis, image_size, device, dtype, policy=policy)
+    task = _task("segment", model, out, cache_dir, axis, image_size, device, dtype, policy=policy,
+                 window=_window(window))
     return _run(cohort, task, workers, scheduler, redo, progress)
 
 
@@ -116,6 +124,7 @@ def evaluate_cohort(
     start: str = "box",
     nsd_tolerance_mm: float = 2.0,
     axis: int = 0,
+    window: str | IntensityWindow | Sequence[float] | None = None,
     image_size: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -133,7 +142,8 @@ def evaluate_cohort(
     if not policies or any(p not in POLICIES for p in policies):
         raise CohortError(f"memory policies must be among {POLICIES}, got {policies}")
     try:
-        protocol = EvalProtocol(start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed)
+        protocol = EvalProtocol(start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed,
+                                window=_window(window))
     except ValueError as exc:
         raise CohortError(str(exc)) from None
     task = _task("evaluate", model, out, default_cache_dir(), axis, image_size, device, dtype,
@@ -146,6 +156,13 @@ def default_workers() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def _window(window) -> IntensityWindow | None:
+    try:
+        return as_window(window)
+    except VolumeError as exc:
+        raise CohortError(f"intensity window: {exc}") from None
 
 
 def _task(kind, model, out, cache_dir, axis, image_size, device, dtype, **settings) -> CohortTask:

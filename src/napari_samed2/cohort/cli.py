@@ -22,6 +22,7 @@ _NOT_PARAMETERS = {"command"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_samed2.evaluate import window_argument
     from napari_samed2.evaluation import POLICIES
     from napari_samed2.evaluation.prompts import START_PROMPTS
 
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", required=True, help="registry name or checkpoint file")
     common.add_argument("--out", required=True, help="folder for the CSV, labels and per-volume records")
     common.add_argument("--axis", type=int, default=0, help="slicing axis of the volumes (default: 0, as read)")
+    common.add_argument(
+        "--window", default=None, type=window_argument, metavar="PRESET | LOW,HIGH",
+        help="intensity window the slices are read through: a CT preset (ct:soft_tissue, ct:lung, ct:bone, "
+        "ct:brain, ct:liver) or --window=LOW,HIGH in the images' units (default: each volume's 0.5-99.5 %% "
+        "percentiles); segment finds what embed stored only through the same window",
+    )
     common.add_argument("--image-size", type=int, default=None, help="model input size in px (default: the model's)")
     common.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
     common.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto (default: %(default)s)")

@@ -30,6 +30,7 @@ import numpy as np
 from napari_samed2.cohort.cohort import CohortVolume
 from napari_samed2.errors import CohortError, LabelError, OutputFolderError, PromptFileError
 from napari_samed2.evaluation.protocol import EvalProtocol, StepRecord
+from napari_samed2.io.intensity import IntensityWindow
 
 TaskKind = Literal["embed", "segment", "evaluate"]
 TASKS: tuple[str, ...] = ("embed", "segment", "evaluate")
@@ -67,7 +68,10 @@ class CohortTask:
     """One command over a cohort: what to do (``kind``), with which model, where outputs go,
     and the settings of that command. ``cache_dir`` is the persistent embedding cache that
     ``embed`` fills and ``segment`` reads; ``policy`` is ``segment``'s memory policy;
-    ``protocol`` and ``policies`` are ``evaluate``'s."""
+    ``protocol`` and ``policies`` are ``evaluate``'s (whose protocol carries the window);
+    ``window`` is the intensity window ``embed`` and ``segment`` read the slices through
+    (``None``: each volume's percentiles); embeddings made through one are found only
+    through the same one."""
 
     kind: TaskKind
     model: ModelRef
@@ -77,14 +81,18 @@ class CohortTask:
     policy: str = "stock"
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     policies: tuple[str, ...] = ("stock",)
+    window: IntensityWindow | None = None
 
     def settings(self) -> dict[str, Any]:
-        """The settings a volume's result depends on: part of its signature."""
+        """The settings a volume's result depends on: part of its signature (the window only
+        when one is given, so results made before the option keep theirs)."""
+        window = {} if self.window is None else {"window": [self.window.low, self.window.high]}
         if self.kind == "embed":
-            return {"axis": self.axis, "cache_dir": str(self.cache_dir.resolve())}
+            return {"axis": self.axis, "cache_dir": str(self.cache_dir.resolve()), **window}
         if self.kind == "segment":
-            return {"axis": self.axis, "policy": self.policy}
-        return {"axis": self.axis, "protocol": asdict(self.protocol), "policies": list(self.policies)}
+            return {"axis": self.axis, "policy": self.policy, **window}
+        protocol = {k: v for k, v in asdict(self.protocol).items() if k != "window" or v is not None}
+        return {"axis": self.axis, "protocol": protocol, "policies": list(self.policies)}
 
     @property
     def row_type(self) -> type:
@@ -297,7 +305,7 @@ def _embed(volume: CohortVolume, task: CohortTask, model) -> VolumeResult:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a failed write is raised below, with the folder named
-            session = Session(model, data, axis=task.axis, cache=cache, undo_steps=0)
+            session = Session(model, data, axis=task.axis, cache=cache, undo_steps=0, normalise=task.window)
             for _ in session.encode():
                 pass
             cache.flush()
@@ -330,7 +338,8 @@ def _segment(volume: CohortVolume, task: CohortTask, model) -> VolumeResult:
     data, layer = _read_image(volume)
     cache = EmbeddingCache(shared=task.cache_dir)  # what `cohort embed` stored is read, not recomputed
     try:
-        session = Session(model, data, axis=task.axis, policy=task.policy, cache=cache, undo_steps=0)
+        session = Session(model, data, axis=task.axis, policy=task.policy, cache=cache, undo_steps=0,
+                          normalise=task.window)
         if len(session.volume.spatial_shape) != 3:
             raise CohortError(
                 f"{volume.image.name} has shape {session.volume.shape}; the cohort tools segment 3D volumes "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from napari_samed2.engine.converge import ConvergeStop
 from napari_samed2.engine.library import MemoryLibrary
-from napari_samed2.errors import ExistingFileError, VolumeError
+from napari_samed2.errors import ExistingFileError
 from napari_samed2.evaluation.cases import (
     EvalCase,
     SpacingAssumedWarning,
@@ -25,7 +25,7 @@ from napari_samed2.evaluation.cases import (
 from napari_samed2.evaluation.metrics import clicks_to_reach, curve_auc, dice, normalized_surface_dice
 from napari_samed2.evaluation.protocol import POLICIES, EvalProtocol, StepRecord, run_case
 from napari_samed2.io._files import check_writable
-from napari_samed2.io.intensity import IntensityWindow, chosen_window
+from napari_samed2.io.intensity import IntensityWindow, as_window
 from napari_samed2.evaluation.report import (
     OUTPUT_FILES,
     EvaluationResults,
@@ -51,7 +51,6 @@ __all__ = [
     "dice",
     "evaluate",
     "evaluate_cases",
-    "evaluation_window",
     "find_images",
     "find_pairs",
     "normalized_surface_dice",
@@ -130,7 +129,7 @@ def evaluate_cases(
     """
     protocol = EvalProtocol(
         start=start, clicks=clicks, nsd_tolerance_mm=nsd_tolerance_mm, seed=seed, converge=converge, absent=absent,
-        window=evaluation_window(window),
+        window=as_window(window),
     )
     policies = _check_policies(policies)
     cases = [c if isinstance(c, EvalCase) else EvalCase.from_files(*c) for c in cases]
@@ -171,20 +170,6 @@ def evaluate(
     else:
         case = EvalCase.from_arrays(image, label, spacing, name=name or "case")
     return evaluate_cases(model, [case], **options)
-
-
-def evaluation_window(window) -> IntensityWindow | None:
-    """``window`` as :func:`evaluate_cases` takes it, as an :class:`IntensityWindow` (or ``None``)."""
-    if window is None or isinstance(window, IntensityWindow):
-        return window
-    if isinstance(window, str):
-        if window == "display":
-            raise VolumeError("'display' is the panel's layer contrast limits; give the window's (low, high) instead")
-        return chosen_window(window)
-    bounds = tuple(window)
-    if len(bounds) != 2:
-        raise VolumeError(f"an intensity window is (low, high), got {window!r}")
-    return IntensityWindow(*bounds)
 
 
 def _check_policies(policies: Sequence[str]) -> list[str]:

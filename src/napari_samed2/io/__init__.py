@@ -4,7 +4,7 @@ Qt-free and napari-free: readers return npe2 ``LayerData`` tuples ``(data, kwarg
 """
 
 from napari_samed2.io.arrays import LayerData, as_label_array, label_dtype, looks_like_labels, require_volume
-from napari_samed2.io.intensity import CT_PRESETS, WINDOW_CHOICES, IntensityWindow, chosen_window
+from napari_samed2.io.intensity import CT_PRESETS, WINDOW_CHOICES, IntensityWindow, as_window, chosen_window
 from napari_samed2.io.nifti import NiftiGeometry, read_nifti, write_nifti_labels
 from napari_samed2.io.readers import get_reader, read_image
 from napari_samed2.io.sample import SyntheticVolume, synthetic_volume
@@ -19,6 +19,7 @@ __all__ = [
     "NiftiGeometry",
     "SyntheticVolume",
     "as_label_array",
+    "as_window",
     "chosen_window",
     "get_reader",
     "label_dtype",

@@ -130,5 +130,21 @@ def chosen_window(choice: str, contrast_limits=None) -> IntensityWindow | None:
     raise VolumeError(f"unknown intensity window {choice!r}; choose one of {list(WINDOW_CHOICES)}")
 
 
+def as_window(window) -> IntensityWindow | None:
+    """A window as scripts and commands give it: ``None`` (the volume's percentiles), a
+    :data:`WINDOW_CHOICES` key such as ``"ct:soft_tissue"``, ``(low, high)``, or an
+    :class:`IntensityWindow`."""
+    if window is None or isinstance(window, IntensityWindow):
+        return window
+    if isinstance(window, str):
+        if window == "display":
+            raise VolumeError("'display' is the panel's layer contrast limits; give the window's (low, high) instead")
+        return chosen_window(window)
+    bounds = tuple(window)
+    if len(bounds) != 2:
+        raise VolumeError(f"an intensity window is (low, high), got {window!r}")
+    return IntensityWindow(*bounds)
+
+
 def _finite_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
