@@ -6,7 +6,8 @@
 One training volume of a domain of ``bench_continual.py`` is confirmed and learnt in ``naive``
 mode with each ``--settings`` (keyword arguments of :func:`adapt`, as Python literals), each
 time from the starting model; the box-prompted Dice on that volume and on ``--test-volumes``
-held-out volumes of the domain is printed before and after. It separates "the adaptation
+held-out volumes of the domain is printed before and after (``dict(check=False)`` keeps an
+adapted model that failed its check, to see what it learnt). It separates "the adaptation
 does not fit" from "what it fits does not carry over" (docs/continual.md).
 """
 
@@ -55,9 +56,13 @@ def main() -> None:
             store.add(case)
             for progress in adapt(base, case, store, versions=f"{work}/versions", mode="naive", **options):
                 pass
-            adapted = progress.result.model
+            result = progress.result
+            adapted = result.model
+            verdict = "" if result.check is None else (
+                f" (check {result.check.before:.3f} -> {result.check.after:.3f}: "
+                f"{'kept' if result.check.passed else 'dropped, the model as before'})")
             print(f"{options}: confirmed {box_dice(adapted, [train]):.3f}, held-out {box_dice(adapted, tests):.3f},"
-                  f" {progress.result.seconds:.1f} s", flush=True)
+                  f" {result.seconds:.1f} s{verdict}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from training streams, test volumes from held-out streams. For each mode (``none
 ``naive``, ``replay``, ``replay+distill``) the model starts from the given weights and
 learns the domains in order, one confirmed volume at a time (:func:`adapt`); before any
 learning and after each domain, every domain's test volumes are evaluated with the
-evaluation harness (Dice after the box, clicks to Dice 0.9).
+evaluation harness (Dice after the box, clicks to Dice 0.9). An adapted model that segments its own
+confirmed volume worse than the model before is dropped (``AdaptConfig.check``; ``--no-check``
+keeps it); the table counts the versions kept.
 
 Summaries, with ``R[i][j]`` the mean Dice after the box on domain ``j`` after learning
 domain ``i`` and ``b[j]`` before any learning: average accuracy ``mean_j R[T-1][j]``,
@@ -136,7 +138,7 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
     model = load_model(args.model, device=args.device, dtype="float32", image_size=args.image_size)
     store = CaseStore.open(work / mode / "store")
     before = evaluate(model, tests, args.clicks)
-    stages, seconds = [], []
+    stages, seconds, kept = [], [], 0
     for domain in args.domains:
         for volume in trains[domain]:
             case = case_from_arrays(model, volume.image, volume.labels, name=volume.name, spacing=volume.spacing,
@@ -144,15 +146,17 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
             store.add(case)
             rate = {} if args.lr is None else {"lr": args.lr}
             for progress in adapt(model, case, store, versions=work / mode / "versions", mode=mode, steps=args.steps,
-                                  seed=args.seed, **rate):
+                                  seed=args.seed, check=args.check, **rate):
                 pass
             model = progress.result.model
             seconds.append(progress.result.seconds)
+            kept += progress.result.version is not None
         stages.append(evaluate(model, tests, args.clicks))
         print(json.dumps({"mode": mode, "after": domain, "scores": stages[-1]}), flush=True)
     return {
         "mode": mode, "before": before, "stages": stages,
         "seconds_per_adaptation": float(np.mean(seconds)) if mode != "none" else 0.0,
+        "kept": f"{kept}/{len(seconds)}" if mode != "none" else "-",
         "dice": summarise(before, stages, args.domains, "dice"),
         "clicks": summarise(before, stages, args.domains, "clicks"),
     }
@@ -164,18 +168,18 @@ def markdown(runs: list[dict], args, plot: Path) -> str:
     lines = [
         f"Model `{args.model}`, {size} px, lr {rate}, {args.device}; domains {', '.join(args.domains)}; "
         f"{args.train_volumes} confirmed volume(s) per domain, {args.test_volumes} held-out per domain, shape "
-        f"{tuple(args.shape)}; {args.steps} steps per adaptation; {args.clicks} correction clicks; CT window "
+        f"{tuple(args.shape)}; {args.steps} steps per adaptation{'' if args.check else ', unchecked'}; {args.clicks} correction clicks; CT window "
         f"{'-1000 to 100 HU' if args.ct_window == 'tissue' else 'the percentiles'}; "
         f"{platform.processor() or platform.machine()}.",
         "",
-        "| mode | avg Dice (box) | BWT Dice | FWT Dice | avg clicks to 0.9 | BWT clicks | s / adaptation |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | avg Dice (box) | BWT Dice | FWT Dice | avg clicks to 0.9 | BWT clicks | s / adaptation | versions kept |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         d, c = run["dice"], run["clicks"]
         lines.append(
             f"| {run['mode']} | {d['average']:.3f} | {d['backward']:+.3f} | {d['forward']:+.3f} | "
-            f"{c['average']:.2f} | {c['backward']:+.2f} | {run['seconds_per_adaptation']:.1f} |"
+            f"{c['average']:.2f} | {c['backward']:+.2f} | {run['seconds_per_adaptation']:.1f} | {run['kept']} |"
         )
     lines += ["", "Dice after the box per domain (rows: after learning that domain; `before`: the starting model):", ""]
     for run in runs:
@@ -235,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-check", dest="check", action="store_false",
+        help="keep every adapted model, even one that segments its own confirmed volume worse (AdaptConfig.check)",
+    )
     parser.add_argument(
         "--ct-window", default="tissue", choices=("tissue", "auto"),
         help="read the CT-like domain through a window on its tissue's range, -1000 to 100 HU, as a CT user "

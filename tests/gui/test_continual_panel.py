@@ -6,6 +6,8 @@ versions an adaptation writes beside the weights stay private to the test.
 
 from __future__ import annotations
 
+import importlib
+
 import re
 
 import pytest
@@ -20,7 +22,8 @@ from tests.gui.test_segmentation_panel import WAIT_MS, _click, _run, _volume
 
 pytestmark = pytest.mark.gui
 SIZE = 128
-TINY = AdaptConfig(batch=1, clip_length=2, fisher_clips=1, top_k=1)  # seconds per run on one core
+# seconds per run on one core; no check (with random weights the Dice it compares is noise)
+TINY = AdaptConfig(batch=1, clip_length=2, fisher_clips=1, top_k=1, check=False)
 
 
 @pytest.fixture
@@ -105,6 +108,24 @@ def test_learning_runs_in_a_worker_and_its_version_becomes_the_model(panel, qtbo
     qtbot.waitUntil(lambda: not panel.busy, timeout=WAIT_MS)  # the segmentation re-segments with it
     assert panel.session.model is adapted
     assert panel.continual.confirm_button.isEnabled() and not panel.continual.progress.isVisible()
+
+
+def test_learning_that_does_worse_on_the_confirmed_case_keeps_the_model_and_says_why(panel, qtbot, model,
+                                                                                     monkeypatch):
+    import dataclasses
+
+    adapting = importlib.import_module("napari_samed2.training.continual.adapt")  # the package's adapt is the function
+
+    monkeypatch.setattr(adapting, "case_dice", lambda m, case: 0.6 if m is model else 0.45)
+    panel.continual.base_config = dataclasses.replace(TINY, check=True)
+    _segment(panel, qtbot)
+    panel.continual.confirm()
+    seen = _learn(panel, qtbot)
+    assert seen[-1].result.check == adapting.CaseCheck(0.6, 0.45)
+    assert panel.state.model is model and panel.session.model is model
+    assert ("Learning case c00001 did not help on it (Dice after a box 0.60 before, 0.45 after): the model is "
+            "unchanged, no version was written.") in panel.status.text()
+    assert ModelVersions(default_versions_folder(model)).list() == []
 
 
 def test_cancel_keeps_the_model_and_writes_no_version(panel, qtbot, model):

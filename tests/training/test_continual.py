@@ -1,10 +1,13 @@
 """Continual adaptation: the case store, replay, distillation, versions, cancel and rollback.
 
 A random-weight ``demo`` model at 128 px and 6-slice volumes keep every adaptation to a few
-seconds on one CPU core.
+seconds on one CPU core. Tests that need the version an adaptation writes pass ``check=False``:
+with random weights the Dice before and after it, which the check compares, is noise.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
@@ -15,11 +18,13 @@ from napari_samed2.engine import EmbeddingCache, FramePrompt, Session
 from napari_samed2.errors import SavedStateError, SessionError, TrainingError
 from napari_samed2.training.continual import (
     BASE,
+    CaseCheck,
     CaseStore,
     ConfirmedCase,
     ModelVersions,
     ReplayClip,
     adapt,
+    case_dice,
     case_from_arrays,
     feature_weight,
     loss_on_case,
@@ -98,7 +103,7 @@ def test_retrieval_ranks_by_similarity_and_replay_draws_only_the_top_cases(model
     assert ranked[0].similarity > ranked[1].similarity > 0.9
 
     clips = spy_on_clips(monkeypatch)
-    progress = list(adapt(model, new, store, versions=tmp_path / "versions", mode="replay", steps=3, top_k=2, batch=2))
+    progress = list(adapt(model, new, store, check=False, versions=tmp_path / "versions", mode="replay", steps=3, top_k=2, batch=2))
     replayed = {c.source.split(":", 1)[1] for c in clips if isinstance(c, ReplayClip)}
     assert replayed and replayed <= {"nearest", "near"}
     assert sum(isinstance(c, ReplayClip) for c in clips) == 3  # one clip of two per step
@@ -124,7 +129,7 @@ def test_base_weights_stay_bit_identical_and_only_adapted_weights_change(model, 
     store.add(real_case(model, 1))
     new = real_case(model, 0)
     before = {k: v.clone() for k, v in model.sam.state_dict().items()}
-    result = list(adapt(model, new, store, versions=tmp_path / "versions", steps=2))[-1].result
+    result = list(adapt(model, new, store, check=False, versions=tmp_path / "versions", steps=2))[-1].result
     assert all(torch.equal(before[k], v) for k, v in model.sam.state_dict().items())
     changed = {k for k, v in result.model.sam.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith(("memory_attention.layers.", "sam_mask_decoder.transformer.")) for k in changed)
@@ -149,7 +154,7 @@ def test_modules_trained_in_full_are_saved_in_the_version(model, tmp_path):
     store = CaseStore.open(tmp_path / "store")
     new = real_case(model, 0)
     before = {k: v.clone() for k, v in model.sam.state_dict().items()}
-    result = list(adapt(model, new, store, versions=tmp_path / "versions", mode="naive", steps=2,
+    result = list(adapt(model, new, store, check=False, versions=tmp_path / "versions", mode="naive", steps=2,
                         train=("decoder",)))[-1].result
     changed = {k for k, v in result.model.sam.state_dict().items() if not torch.equal(before[k], v)}
     assert any(k.startswith("sam_mask_decoder.") for k in changed)
@@ -159,13 +164,43 @@ def test_modules_trained_in_full_are_saved_in_the_version(model, tmp_path):
     assert all(torch.equal(reloaded[k], result.model.sam.state_dict()[k]) for k in changed)
 
 
+def test_an_adaptation_that_does_worse_on_its_own_case_is_dropped(model, tmp_path, monkeypatch):
+    """The check: the adapted model becomes a version only if it segments the new case at
+    least as well as the model before; otherwise nothing is written and the model stays."""
+    adapting = importlib.import_module("napari_samed2.training.continual.adapt")  # the package's adapt is the function
+
+    after = {}
+    monkeypatch.setattr(adapting, "case_dice", lambda m, case: 0.5 if m is model else after["dice"])
+    store, versions = CaseStore.open(tmp_path / "store"), ModelVersions(tmp_path / "versions")
+    new = real_case(model, 0)
+    after["dice"] = 0.4
+    result = list(adapt(model, new, store, versions=versions, mode="naive", steps=2))[-1].result
+    assert result.model is model and result.version is None and versions.list() == []
+    assert result.check == CaseCheck(0.5, 0.4) and not result.check.passed
+    after["dice"] = 0.5
+    result = list(adapt(model, new, store, versions=versions, mode="naive", steps=2))[-1].result
+    assert result.model is not model and result.check.passed and [v.version for v in versions.list()] == ["v1"]
+
+
+def test_the_check_scores_the_case_as_the_evaluation_starts(model, tmp_path):
+    new = real_case(model, 0)
+    model.sam.train()
+    value = case_dice(model, new)
+    assert 0.0 <= value <= 1.0 and model.sam.training  # scored in eval mode, the mode given back
+    model.sam.eval()
+    assert case_dice(model, new) == value
+    store = CaseStore.open(tmp_path / "store")
+    result = list(adapt(model, new, store, versions=tmp_path / "versions", mode="naive", steps=2))[-1].result
+    assert result.check.before == value and (result.version is None) == (not result.check.passed)
+
+
 def test_rollback_restores_the_exact_earlier_outputs(model, tmp_path):
     store = CaseStore.open(tmp_path / "store")
     versions = ModelVersions(tmp_path / "versions")
     base_outputs = outputs_of(model)
-    v1 = list(adapt(model, real_case(model, 0), store, versions=versions, mode="naive", steps=2, lr=1e-2))[-1].result
+    v1 = list(adapt(model, real_case(model, 0), store, check=False, versions=versions, mode="naive", steps=2, lr=1e-2))[-1].result
     v1_outputs = outputs_of(v1.model)
-    v2 = list(adapt(v1.model, real_case(model, 1), store, versions=versions, mode="naive", steps=2, lr=1e-2))[-1].result
+    v2 = list(adapt(v1.model, real_case(model, 1), store, check=False, versions=versions, mode="naive", steps=2, lr=1e-2))[-1].result
     assert [v.version for v in versions.list()] == ["v1", "v2"] and versions.current == "v2"
     assert v2.version.parent == "v1" and versions.compare("v1", "v2").weight_distance > 0
     assert not all(torch.equal(a, b) for a, b in zip(outputs_of(v2.model), v1_outputs))
@@ -183,11 +218,11 @@ def test_corrupted_or_missing_store_says_so_and_loses_no_version(model, tmp_path
     store = CaseStore.open(tmp_path / "store")
     earlier = store.add(real_case(model, 1))
     versions = ModelVersions(tmp_path / "versions")
-    list(adapt(model, real_case(model, 0), store, versions=versions, steps=1))
+    list(adapt(model, real_case(model, 0), store, check=False, versions=versions, steps=1))
 
     (tmp_path / "store" / "cases" / f"{earlier}.safetensors").write_bytes(b"not a case")
     with pytest.raises(SavedStateError, match=f"case {earlier}.*Remove it"):
-        list(adapt(model, real_case(model, 2), store, versions=versions, steps=1))
+        list(adapt(model, real_case(model, 2), store, check=False, versions=versions, steps=1))
     (tmp_path / "store" / "index.json").write_text("{ truncated")
     with pytest.raises(SavedStateError, match="index.json cannot be read"):
         CaseStore.open(tmp_path / "store")
@@ -203,7 +238,7 @@ def test_cancelled_adaptation_leaves_the_current_model_in_place(model, tmp_path)
     store.add(real_case(model, 1))
     before = {k: v.clone() for k, v in model.sam.state_dict().items()}
     signature = model.signature
-    steps = adapt(model, real_case(model, 0), store, versions=tmp_path / "versions", steps=5)
+    steps = adapt(model, real_case(model, 0), store, check=False, versions=tmp_path / "versions", steps=5)
     first = next(steps)
     assert first.step == 1 and first.result is None
     steps.close()  # Cancel
@@ -242,7 +277,7 @@ def test_distillation_granularity_follows_the_retrieval_distance(model, tmp_path
     store.add(case(1, direction(1, 0.1), "close"))  # similarity 0.99
     store.add(case(2, direction(1, 1.5), "far"))  # similarity ~0.6
     clips = spy_on_clips(monkeypatch)
-    list(adapt(model, case(0, direction(1)), store, versions=tmp_path / "versions", steps=4, top_k=2, fisher_clips=1))
+    list(adapt(model, case(0, direction(1)), store, check=False, versions=tmp_path / "versions", steps=4, top_k=2, fisher_clips=1))
     weights = {c.source.split(":", 1)[1]: c.feature_weight for c in clips if isinstance(c, ReplayClip)}
     assert weights == {"close": 0.0, "far": 1.0}
 
@@ -251,7 +286,7 @@ def test_a_few_steps_lower_the_loss_on_the_new_case(model, tmp_path):
     new = real_case(model, 0)
     store = CaseStore.open(tmp_path / "store")
     before = loss_on_case(model, new)
-    progress = list(adapt(model, new, store, versions=tmp_path / "versions", mode="naive", steps=8, lr=5e-3))
+    progress = list(adapt(model, new, store, check=False, versions=tmp_path / "versions", mode="naive", steps=8, lr=5e-3))
     assert {"focal", "dice", "iou", "object_score", "distill", "anchor"} <= set(progress[0].terms)
     assert loss_on_case(progress[-1].result.model, new) < before
     assert loss_on_case(model, new) == before  # the model before is untouched

@@ -357,6 +357,9 @@ class ContinualSection(QGroupBox):
             message = f"Learning stopped: {run.error}. The model is unchanged."
         elif result is None:
             message = f"Cancelled learning after {run.done} of {run.config.steps} steps: the model is unchanged, no version was written."
+        elif result.check is not None and not result.check.passed:
+            message = (f"Learning case {run.case_id} did not help on it (Dice after a box {result.check.before:.2f} "
+                       f"before, {result.check.after:.2f} after): the model is unchanged, no version was written.")
         elif result.version is None:
             message = "Mode none: the model is unchanged."
         else:
@@ -369,7 +372,9 @@ class ContinualSection(QGroupBox):
         """Make the new version the model, unless the user chose another model meanwhile."""
         version = result.version.version
         replayed = f", replaying {len(result.retrieved)} earlier cases" if result.retrieved else ""
-        learned = (f"Learned case {run.case_id} ({run.config.mode}, {run.config.steps} steps{replayed}) in "
+        checked = (f", Dice on it {result.check.before:.2f} -> {result.check.after:.2f}"
+                   if result.check is not None else "")
+        learned = (f"Learned case {run.case_id} ({run.config.mode}, {run.config.steps} steps{replayed}{checked}) in "
                    f"{result.seconds:.1f} s: version {version}")
         late = " (Cancel came after the last step)" if run.cancelled else ""
         if self.state.model is not run.model:

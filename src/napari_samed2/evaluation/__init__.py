@@ -25,7 +25,6 @@ from napari_samed2.evaluation.cases import (
 from napari_samed2.evaluation.metrics import clicks_to_reach, curve_auc, dice, normalized_surface_dice
 from napari_samed2.evaluation.protocol import POLICIES, EvalProtocol, StepRecord, run_case
 from napari_samed2.io._files import check_writable
-from napari_samed2.io.intensity import IntensityWindow, as_window
 from napari_samed2.evaluation.report import (
     OUTPUT_FILES,
     EvaluationResults,
@@ -33,6 +32,7 @@ from napari_samed2.evaluation.report import (
     write_report,
     write_rows,
 )
+from napari_samed2.io.intensity import IntensityWindow, as_window
 from napari_samed2.models.loading import LoadedModel
 
 PARTIAL_CSV = "results.partial.csv"

@@ -25,8 +25,8 @@ from napari_samed2.evaluation.metrics import (
     dice,
     normalized_surface_dice,
 )
-from napari_samed2.io.intensity import IntensityWindow
 from napari_samed2.evaluation.prompts import START_PROMPTS, correction_click, start_prompt, with_click
+from napari_samed2.io.intensity import IntensityWindow
 from napari_samed2.models.loading import LoadedModel
 
 POLICIES = ("stock", "confidence")

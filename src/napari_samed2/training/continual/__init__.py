@@ -44,9 +44,14 @@ The rule, per step (``batch`` clips, mode ``replay+distill``):
    parameter group, scale-free, so layers the earlier cases depend on move least.
 4. **Loss.** sam2's terms on every clip, plus ``distill_weight * distill`` (replay clips) and
    ``anchor_weight * anchor``, through the trainer's named, weighted and logged terms.
+5. **Check.** After the last step, the new case is segmented by the model before and after
+   (a box on each object's middle slice, propagated, no clicks); the adapted model becomes a
+   version only if its mean Dice there is at least the earlier one (``check``; on by default).
+   Adapters that cannot fit a case lower even its own Dice, and the cases like it
+   (docs/continual.md): such an update is dropped rather than kept.
 
 Modes, for ablations: ``none`` (no change), ``naive`` (new case only, no retrieval),
-``replay`` (1 only), ``replay+distill`` (1-4). Without stored earlier cases, ``replay`` and
+``replay`` (1 and 5), ``replay+distill`` (1-5); ``naive`` also checks (5). Without stored earlier cases, ``replay`` and
 ``replay+distill`` reduce to ``naive``.
 """
 
@@ -55,8 +60,10 @@ from napari_samed2.training.continual.adapt import (
     AdaptConfig,
     AdaptProgress,
     AdaptResult,
+    CaseCheck,
     ReplayClip,
     adapt,
+    case_dice,
     loss_on_case,
 )
 from napari_samed2.training.continual.cases import (
@@ -85,6 +92,7 @@ __all__ = [
     "AdaptConfig",
     "AdaptProgress",
     "AdaptResult",
+    "CaseCheck",
     "CasePrompt",
     "CaseRecord",
     "CaseStore",
@@ -101,5 +109,6 @@ __all__ = [
     "confirm",
     "default_versions_folder",
     "feature_weight",
+    "case_dice",
     "loss_on_case",
 ]

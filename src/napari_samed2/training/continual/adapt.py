@@ -45,6 +45,9 @@ class AdaptConfig:
     adapt (LoRA of rank ``lora_rank`` on memory attention and the mask decoder by default);
     ``close``/``far``: the similarities between which distillation turns from output-level
     to feature-level; ``fisher_clips``: earlier-case clips the importance is estimated on.
+    ``check``: keep the adapted model only if it segments the new case (a box on each object's
+    middle slice, propagated, as the evaluation starts) at least as well as the model before;
+    otherwise no version is written and the model stays (see :class:`CaseCheck`).
     """
 
     mode: str = "replay+distill"
@@ -63,6 +66,7 @@ class AdaptConfig:
     fisher_clips: int = 2
     correction_clicks: int = 1
     seed: int = 0
+    check: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -91,14 +95,31 @@ class AdaptConfig:
 
 
 @dataclass(frozen=True)
+class CaseCheck:
+    """Mean Dice on the new case before and after adapting (a box on each object's middle
+    slice, propagated both ways). Why: adapters that cannot fit a case (e.g. a modality whose
+    objects the frozen image encoder does not separate) make the model worse even on the case
+    they learnt, and on similar ones (docs/continual.md); such a version is not worth keeping."""
+
+    before: float
+    after: float
+
+    @property
+    def passed(self) -> bool:
+        return self.after >= self.before
+
+
+@dataclass(frozen=True)
 class AdaptResult:
-    """What an adaptation produced: the model to use now (the input model for mode ``none``),
-    its version (``None`` for ``none``), the earlier cases replayed, and the time it took."""
+    """What an adaptation produced: the model to use now (the input model for mode ``none``
+    and for an adaptation that failed its ``check``), its version (``None`` then), the earlier
+    cases replayed, the time it took and the check on the new case (``None`` when not run)."""
 
     model: LoadedModel
     version: VersionInfo | None
     retrieved: tuple[Retrieved, ...]
     seconds: float
+    check: CaseCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +279,12 @@ def adapt(
             yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, time.perf_counter() - start)
 
     check_frozen(student.sam, trainer.trainable)
+    checked = CaseCheck(case_dice(model, new_case), case_dice(student, new_case)) if config.check else None
+    if checked is not None and not checked.passed:
+        seconds = time.perf_counter() - start
+        yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, seconds,
+                            AdaptResult(model, None, retrieved, seconds, checked))
+        return
     merged = merged_state_dict(student.sam)
     changed = sorted(set(model_origin(model).changed) | {merged_key(student.sam, name) for name in trainer.trainable})
     delta = {key: merged[key] for key in changed}
@@ -275,7 +302,23 @@ def adapt(
     if retrieved:
         store.mark_used(r.case_id for r in retrieved)
     seconds = time.perf_counter() - start
-    yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, seconds, AdaptResult(adapted, info, retrieved, seconds))
+    yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, seconds,
+                        AdaptResult(adapted, info, retrieved, seconds, checked))
+
+
+def case_dice(model: LoadedModel, case: ConfirmedCase) -> float:
+    """Mean Dice over the case's objects after a box on each one's middle slice, propagated
+    both ways through the case's slices (read through its window), without clicks."""
+    from napari_samed2.evaluation import EvalCase, evaluate_cases
+
+    was_training = model.sam.training
+    model.sam.eval()  # an adapting student is in train mode (dropout)
+    try:
+        evaluation = EvalCase.from_arrays(case.image, case.labels, case.spacing, name=case.name)
+        results = evaluate_cases(model, [evaluation], clicks=0, window=case.window)
+    finally:
+        model.sam.train(was_training)
+    return float(np.mean([r.dice for r in results.records]))
 
 
 def loss_on_case(model: LoadedModel, case: ConfirmedCase, *, clips: int = 4, clip_length: int = 4, seed: int = 0) -> float:
