@@ -15,7 +15,7 @@ import torch
 
 from napari_samed2 import load_model
 from napari_samed2.engine import EmbeddingCache, FramePrompt, Session
-from napari_samed2.errors import SavedStateError, SessionError, TrainingError
+from napari_samed2.errors import SavedStateError, SessionError, TrainingError, VolumeError
 from napari_samed2.training.continual import (
     BASE,
     CaseCheck,
@@ -180,6 +180,13 @@ def test_an_adaptation_that_does_worse_on_its_own_case_is_dropped(model, tmp_pat
     after["dice"] = 0.5
     result = list(adapt(model, new, store, versions=versions, mode="naive", steps=2))[-1].result
     assert result.model is not model and result.check.passed and [v.version for v in versions.list()] == ["v1"]
+
+    def unscorable(m, case):
+        raise VolumeError("the image holds NaN")
+
+    monkeypatch.setattr(adapting, "case_dice", unscorable)  # a case the evaluation refuses keeps its version
+    result = list(adapt(model, new, store, versions=versions, mode="naive", steps=2))[-1].result
+    assert result.check is None and [v.version for v in versions.list()] == ["v1", "v2"]
 
 
 def test_the_check_scores_the_case_as_the_evaluation_starts(model, tmp_path):

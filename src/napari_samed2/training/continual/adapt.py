@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from napari_samed2.engine.step import Features, encode_images
-from napari_samed2.errors import TrainingError
+from napari_samed2.errors import LabelError, TrainingError, VolumeError
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.versions import leaves_encoder
 from napari_samed2.models.temporal_adapter import has_temporal_adapters
@@ -279,7 +279,7 @@ def adapt(
             yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, time.perf_counter() - start)
 
     check_frozen(student.sam, trainer.trainable)
-    checked = CaseCheck(case_dice(model, new_case), case_dice(student, new_case)) if config.check else None
+    checked = _check(model, student, new_case) if config.check else None
     if checked is not None and not checked.passed:
         seconds = time.perf_counter() - start
         yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, seconds,
@@ -304,6 +304,15 @@ def adapt(
     seconds = time.perf_counter() - start
     yield AdaptProgress(trainer.step, config.steps, loss, terms, lr, seconds,
                         AdaptResult(adapted, info, retrieved, seconds, checked))
+
+
+def _check(model: LoadedModel, student: LoadedModel, case: ConfirmedCase) -> CaseCheck | None:
+    """The check, or ``None`` for a case the evaluation cannot score (e.g. NaN voxels, which a
+    session tolerates): such a case keeps its version unchecked rather than losing it."""
+    try:
+        return CaseCheck(case_dice(model, case), case_dice(student, case))
+    except (LabelError, VolumeError):
+        return None
 
 
 def case_dice(model: LoadedModel, case: ConfirmedCase) -> float:
