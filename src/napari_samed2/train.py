@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--middle-start", type=float, dest="middle_start_prob", metavar="P",
                    help="share of clips that start at their object's middle slice and run past its end "
                         f"when it is shorter than the clip (default: {d.middle_start_prob})")
+    p.add_argument("--end-start", type=float, dest="end_start_prob", metavar="P",
+                   help="share of clips that show their object end while another object goes on beside it "
+                        f"(default: {d.end_start_prob})")
     p.add_argument("--correction-frames", type=int, help=f"frames per clip with simulated correction clicks (default: {d.correction_frames})")
     p.add_argument("--correction-clicks", type=int, help=f"correction clicks per such frame (default: {d.correction_clicks})")
     p.add_argument("--prompt-probs", type=_prompt_probs, metavar="KIND=P,...",

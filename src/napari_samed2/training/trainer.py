@@ -72,6 +72,7 @@ class TrainConfig:
     prompt_probs: dict[str, float] = field(default_factory=lambda: dict(PROMPT_PROBS))
     reverse_prob: float = 0.5
     middle_start_prob: float = 0.0
+    end_start_prob: float = 0.0
     correction_frames: int = 2
     correction_clicks: int = 1
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
@@ -90,7 +91,7 @@ class TrainConfig:
                 raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
-        for name in ("reverse_prob", "middle_start_prob"):
+        for name in ("reverse_prob", "middle_start_prob", "end_start_prob"):
             check_share(name, getattr(self, name))
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise TrainingError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -340,7 +341,7 @@ class Trainer:
         self.sampler = ClipSampler(
             pairs, self.rng, clip_length=config.clip_length,
             prompt_probs=config.prompt_probs, reverse_prob=config.reverse_prob,
-            middle_start_prob=config.middle_start_prob,
+            middle_start_prob=config.middle_start_prob, end_start_prob=config.end_start_prob,
         )
 
     # one step ---------------------------------------------------------------------------
@@ -584,6 +585,7 @@ def train(
     seed: int | None = None,
     lora_rank: int | None = None,
     middle_start_prob: float | None = None,
+    end_start_prob: float | None = None,
     correction_frames: int | None = None,
     correction_clicks: int | None = None,
     prompt_probs: dict[str, float] | None = None,
@@ -621,7 +623,8 @@ def train(
     (how the ``demo`` model is made); ``prompt_probs`` weighs the first slice's prompt kinds,
     e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``; ``loss_weights`` overrides some of
     sam2's term weights, e.g. ``{"dice": 5.0}``; ``middle_start_prob`` starts that share of
-    the clips at their object's middle slice (see :class:`~.data.ClipSampler`).
+    the clips at their object's middle slice and ``end_start_prob`` near an end with another
+    object beside it (see :class:`~.data.ClipSampler`).
     """
     from napari_samed2.models.loading import load_model
     from napari_samed2.training.adapters import parse_modules
@@ -630,7 +633,7 @@ def train(
     given = dict(
         steps=steps, train=train, clip_length=clip_length, batch=batch, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
-        middle_start_prob=middle_start_prob, correction_frames=correction_frames,
+        middle_start_prob=middle_start_prob, end_start_prob=end_start_prob, correction_frames=correction_frames,
         correction_clicks=correction_clicks, prompt_probs=prompt_probs,
         loss_weights=loss_weights, memory_policy=memory_policy, val_every=val_every, save_every=save_every,
     )
