@@ -1,10 +1,10 @@
 """The packaged demo weights: what the README's main command loads, measured on the sample it opens.
 
-Bounds are the measured values of the shipped file (docs/training.md, run 7) less a margin
-for other CPUs' arithmetic: box Dice on the prompted slice 0.99 / 0.96 / 0.98 (organ 1, organ
-2, vessel) and, after propagation through the volume from that box, 3D Dice 0.995 / 0.946 /
-0.983. (Run 5, shipped before, gave 0.875 / 0.23 / 0.15 in 3D: organ 2 and the vessel drifted
-onto organ 1; these bounds fail on it.)
+Bounds are the measured values of the shipped file (docs/training.md, run 8) less a margin
+for other CPUs' arithmetic: box Dice on the prompted slice 0.998 / 0.966 / 0.941 (organ 1,
+organ 2, vessel) and, after propagation through the volume from that box, 3D Dice 0.996 /
+0.955 / 0.985. (Run 5, shipped before run 7, gave 0.875 / 0.23 / 0.15 in 3D: organ 2 and the
+vessel drifted onto organ 1; these bounds fail on it.)
 """
 
 from __future__ import annotations
