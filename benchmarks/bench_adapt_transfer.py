@@ -52,7 +52,8 @@ def main() -> None:
     for options in args.settings:
         with tempfile.TemporaryDirectory() as work:
             store = CaseStore.open(f"{work}/store")
-            case = case_from_arrays(base, train.image, train.labels, name=train.name, spacing=train.spacing)
+            case = case_from_arrays(base, train.image, train.labels, name=train.name, spacing=train.spacing,
+                                    window=train.window)
             store.add(case)
             for progress in adapt(base, case, store, versions=f"{work}/versions", mode="naive", **options):
                 pass

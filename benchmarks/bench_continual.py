@@ -145,6 +145,7 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
                                     window=volume.window)
             store.add(case)
             rate = {} if args.lr is None else {"lr": args.lr}
+            rate |= {} if args.train is None else {"train": args.train}
             for progress in adapt(model, case, store, versions=work / mode / "versions", mode=mode, steps=args.steps,
                                   seed=args.seed, check=args.check, **rate):
                 pass
@@ -165,8 +166,11 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
 def markdown(runs: list[dict], args, plot: Path) -> str:
     size = args.image_size or "the model's own"
     rate = args.lr or "AdaptConfig's default"
+    from napari_samed2.training.continual import AdaptConfig
+
+    trained = args.train or ",".join(AdaptConfig().train)
     lines = [
-        f"Model `{args.model}`, {size} px, lr {rate}, {args.device}; domains {', '.join(args.domains)}; "
+        f"Model `{args.model}`, {size} px, lr {rate}, adapting {trained}, {args.device}; domains {', '.join(args.domains)}; "
         f"{args.train_volumes} confirmed volume(s) per domain, {args.test_volumes} held-out per domain, shape "
         f"{tuple(args.shape)}; {args.steps} steps per adaptation{'' if args.check else ', unchecked'}; {args.clicks} correction clicks; CT window "
         f"{'-1000 to 100 HU' if args.ct_window == 'tissue' else 'the percentiles'}; "
@@ -235,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", type=int, nargs=3, default=(24, 160, 160), metavar=("Z", "Y", "X"))
     parser.add_argument("--steps", type=int, default=20, help="adaptation steps per confirmed volume")
     parser.add_argument("--lr", type=float, default=None, help="adaptation learning rate (default: AdaptConfig's)")
+    parser.add_argument("--train", default=None, metavar="MODULES",
+                        help="what adapts, comma-separated module names, e.g. lora,lora_memory,lora_decoder "
+                             "(default: AdaptConfig's)")
     parser.add_argument("--clicks", type=int, default=3, help="correction clicks in the evaluation")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")

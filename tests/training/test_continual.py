@@ -150,6 +150,30 @@ def test_base_weights_stay_bit_identical_and_only_adapted_weights_change(model, 
         assert again.frames_encoded == 0
 
 
+def test_an_adapted_image_encoder_gives_a_version_that_encodes_afresh(model, tmp_path):
+    """With ``lora`` named, the encoder's attention adapts too (a new modality is seen
+    differently), so the version must not read features cached for the base."""
+    store = CaseStore.open(tmp_path / "store")
+    new = real_case(model, 0)
+    before = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    result = list(adapt(model, new, store, check=False, versions=tmp_path / "versions", steps=2,
+                        train=("lora", "lora_memory", "lora_decoder")))[-1].result
+    assert all(torch.equal(before[k], v) for k, v in model.sam.state_dict().items())
+    changed = {k for k, v in result.model.sam.state_dict().items() if not torch.equal(before[k], v)}
+    encoder = {k for k in changed if k.startswith("image_encoder.trunk.blocks.")}
+    assert encoder and all(k.endswith(("attn.qkv.weight", "attn.proj.weight")) for k in encoder)
+    assert changed - encoder and all(
+        k.startswith(("memory_attention.layers.", "sam_mask_decoder.transformer.")) for k in changed - encoder)
+    image, _ = ellipse_pair(3, frames=FRAMES)
+    cache = EmbeddingCache()
+    list(Session(model, image, cache=cache).encode())
+    again = Session(result.model, image, cache=cache)
+    again.segment_frame(1, again.add_object(), FramePrompt(np.array([[32.0, 32.0]]), [1]))
+    assert again.frames_encoded == 1 and result.model.feature_signature != model.feature_signature
+    reloaded = load_model(result.version.path, device="cpu", dtype="float32")
+    assert reloaded.feature_signature == result.model.feature_signature  # the same encoder weights
+
+
 def test_modules_trained_in_full_are_saved_in_the_version(model, tmp_path):
     store = CaseStore.open(tmp_path / "store")
     new = real_case(model, 0)
@@ -307,6 +331,23 @@ def test_mode_none_changes_nothing_and_unknown_settings_are_refused(model, tmp_p
         next(adapt(model, case(0, direction(1)), store, mode="forget"))
     with pytest.raises(TrainingError, match="unknown adaptation settings"):
         next(adapt(model, case(0, direction(1)), store, stepz=3))
+
+
+def test_the_new_cases_clips_start_as_configured_and_bad_settings_are_refused(model, tmp_path, monkeypatch):
+    """Box prompts on the object's middle slice are how the evaluation (and a user) starts:
+    an adaptation can train on clips that start so."""
+    store = CaseStore.open(tmp_path / "store")
+    new = real_case(model, 0)
+    clips = spy_on_clips(monkeypatch)
+    list(adapt(model, new, store, check=False, versions=tmp_path / "versions", mode="naive", steps=3, batch=2,
+               prompt_probs={"box": 1.0}, middle_start_prob=1.0))
+    present = {obj: np.flatnonzero((new.labels == obj).any(axis=(1, 2))) for obj in np.unique(new.labels) if obj}
+    assert len(clips) == 6 and {c.prompt_kind for c in clips} == {"box"}
+    assert all(c.frames[0] == present[c.object_id][len(present[c.object_id]) // 2] for c in clips)
+    with pytest.raises(TrainingError, match="unknown prompt kinds"):
+        next(adapt(model, new, store, prompt_probs={"scribble": 1.0}))
+    with pytest.raises(TrainingError, match="middle_start_prob"):
+        next(adapt(model, new, store, middle_start_prob=2.0))
 
 
 def test_session_confirm_adds_memories_and_the_case(model, tmp_path):

@@ -2,8 +2,8 @@
 
 The steps go through the fine-tuning module's :class:`~napari_samed2.training.trainer.Trainer`
 (its ``train_step``: the one tracking path, :func:`~napari_samed2.training.trainer.forward_clip`),
-extended by :class:`_ContinualTrainer` with replay clips, cached image features (the encoder
-is frozen) and the distillation and anchor terms.
+extended by :class:`_ContinualTrainer` with replay clips, cached image features (when the
+encoder does not adapt) and the distillation and anchor terms.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,20 @@ from napari_samed2.training.adapters import check_frozen, merged_key, merged_sta
 from napari_samed2.training.continual.cases import CaseStore, ConfirmedCase, Retrieved
 from napari_samed2.training.continual.distill import anchor, distillation, feature_weight, fisher_importance
 from napari_samed2.training.continual.versions import ModelVersions, VersionInfo, default_versions_folder, model_origin
-from napari_samed2.training.data import Clip, ClipSampler, VolumePair
+from napari_samed2.training.data import (
+    Clip,
+    ClipSampler,
+    VolumePair,
+    check_prompt_probs,
+    check_share,
+)
 from napari_samed2.training.losses import combine
 from napari_samed2.training.trainer import ClipOutputs, TrainConfig, Trainer, clip_loss_terms, clip_targets, forward_clip
 
 MODES = ("none", "naive", "replay", "replay+distill")
+#: The new case's first-slice prompts: mostly boxes, as the evaluation and most users start
+#: (SAM-2's own mix is half masks; measured in docs/continual.md).
+ADAPT_PROMPT_PROBS = {"box": 0.6, "click": 0.2, "mask": 0.2}
 
 
 @dataclass(frozen=True)
@@ -42,9 +51,13 @@ class AdaptConfig:
     clips of the ``top_k`` stored cases most similar to the new one, ``replay_ratio`` of the
     ``batch``), ``replay+distill`` (replay, plus distillation from the model before the update
     on the replayed clips and the importance-weighted anchor). ``train``: the modules that
-    adapt (LoRA of rank ``lora_rank`` on memory attention and the mask decoder by default);
+    adapt (LoRA of rank ``lora_rank`` on memory attention and the mask decoder by default;
+    adding ``lora``, the image encoder's attention, gains more on a new modality and forgets
+    more of the earlier ones, measured in docs/continual.md);
     ``close``/``far``: the similarities between which distillation turns from output-level
     to feature-level; ``fisher_clips``: earlier-case clips the importance is estimated on.
+    ``prompt_probs`` and ``middle_start_prob``: the new case's clips, as in
+    :class:`~napari_samed2.training.data.ClipSampler`.
     ``check``: keep the adapted model only if it segments the new case (a box on each object's
     middle slice, propagated, as the evaluation starts) at least as well as the model before;
     otherwise no version is written and the model stays (see :class:`CaseCheck`).
@@ -66,6 +79,8 @@ class AdaptConfig:
     fisher_clips: int = 2
     correction_clicks: int = 1
     seed: int = 0
+    prompt_probs: dict[str, float] = field(default_factory=lambda: dict(ADAPT_PROMPT_PROBS))
+    middle_start_prob: float = 0.5
     check: bool = True
 
     def __post_init__(self) -> None:
@@ -82,6 +97,8 @@ class AdaptConfig:
         if self.distill_weight < 0 or self.anchor_weight < 0:
             raise TrainingError("distill_weight and anchor_weight must be >= 0")
         feature_weight(1.0, self.close, self.far)  # checks far < close
+        object.__setattr__(self, "prompt_probs", check_prompt_probs(self.prompt_probs))
+        check_share("middle_start_prob", self.middle_start_prob)
         train = self.train.split(",") if isinstance(self.train, str) else self.train
         object.__setattr__(self, "train", tuple(t.strip() for t in train if t.strip()))
 
@@ -162,6 +179,7 @@ class _ContinualTrainer(Trainer):
             steps=config.steps, train=config.train, clip_length=config.clip_length, batch=config.batch, lr=config.lr,
             weight_decay=0.0, seed=config.seed, lora_rank=config.lora_rank, correction_frames=1,
             correction_clicks=config.correction_clicks, loss_weights=weights, val_every=0, save_every=0,
+            prompt_probs=config.prompt_probs, middle_start_prob=config.middle_start_prob,
         )
         super().__init__(student, [new_pair], train_config, Path("."))
         self.teacher = teacher
