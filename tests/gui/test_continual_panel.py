@@ -110,6 +110,18 @@ def test_learning_runs_in_a_worker_and_its_version_becomes_the_model(panel, qtbo
     assert panel.continual.confirm_button.isEnabled() and not panel.continual.progress.isVisible()
 
 
+def test_image_encoder_too_adapts_the_encoder_and_says_so(panel, qtbot, model):
+    _segment(panel, qtbot)
+    panel.continual.confirm()
+    panel.continual.encoder_choice.setChecked(True)
+    before = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    seen = _learn(panel, qtbot)
+    adapted = seen[-1].result.model
+    assert "Learned case c00001 (replay+distill, 2 steps, image encoder too) in" in panel.status.text()
+    changed = {k for k, v in adapted.sam.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(k.startswith("image_encoder.trunk.blocks.") for k in changed)
+    assert adapted.feature_signature != model.feature_signature  # it does not read the base's cached features
+
 def test_learning_that_does_worse_on_the_confirmed_case_keeps_the_model_and_says_why(panel, qtbot, model,
                                                                                      monkeypatch):
     import dataclasses

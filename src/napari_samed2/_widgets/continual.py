@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt, QThreadPool
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QGroupBox,
@@ -151,6 +152,15 @@ def _drive(steps: Iterator) -> Iterator:
     yield from steps
 
 
+#: The image encoder's LoRA adapters (``training.adapters``), added when "image encoder too" is on.
+ENCODER_LORA = "lora"
+
+
+def _what(config: AdaptConfig) -> str:
+    """An adaptation's settings in a status message, e.g. "replay+distill, 20 steps"."""
+    return f"{config.mode}, {config.steps} steps" + (", image encoder too" if ENCODER_LORA in config.train else "")
+
+
 class ContinualSection(QGroupBox):
     """"Confirm and learn" in the Segmentation panel: its buttons call :func:`confirm` and
     :func:`adapt`; messages go to the panel's status line."""
@@ -189,6 +199,12 @@ class ContinualSection(QGroupBox):
         self.steps_choice.setRange(1, 1000)
         self.steps_choice.setValue(self.base_config.steps)
         self.steps_choice.setToolTip("Training steps: more fit the case better and take longer")
+        self.encoder_choice = QCheckBox("image encoder too")
+        self.encoder_choice.setToolTip(
+            "Adapt the image encoder's attention as well as memory attention and the mask decoder: learns more "
+            "of how a new modality looks, and forgets more of the earlier ones (docs/continual.md); the "
+            "adapted model then encodes the slices afresh"
+        )
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
         self.store_status = QLabel()
@@ -200,6 +216,7 @@ class ContinualSection(QGroupBox):
         row.addWidget(self.mode_choice)
         row.addWidget(QLabel("steps"))
         row.addWidget(self.steps_choice)
+        row.addWidget(self.encoder_choice)
         form.addRow("Learning", row)
         row = QHBoxLayout()
         row.addWidget(self.learn_button)
@@ -305,8 +322,11 @@ class ContinualSection(QGroupBox):
                       "segmentation first.")
             return False
         try:
+            train = self.base_config.train
+            if self.encoder_choice.isChecked() and ENCODER_LORA not in train:
+                train = (ENCODER_LORA, *train)
             config = dataclasses.replace(self.base_config, mode=self.mode_choice.currentText(),
-                                         steps=self.steps_choice.value())
+                                         steps=self.steps_choice.value(), train=train)
         except _USER_ERRORS as exc:
             self._say(f"Cannot learn with these settings: {exc}")
             return False
@@ -326,7 +346,7 @@ class ContinualSection(QGroupBox):
         )
         self.progress.setRange(0, config.steps)
         self.progress.setValue(0)
-        self._say(f"Learning from case {case_id} ({config.mode}, {config.steps} steps) in the background; "
+        self._say(f"Learning from case {case_id} ({_what(config)}) in the background; "
                   "segmentation goes on with the current model meanwhile.")
         self.update_buttons()
         return True
@@ -374,7 +394,7 @@ class ContinualSection(QGroupBox):
         replayed = f", replaying {len(result.retrieved)} earlier cases" if result.retrieved else ""
         checked = (f", Dice on it {result.check.before:.2f} -> {result.check.after:.2f}"
                    if result.check is not None else "")
-        learned = (f"Learned case {run.case_id} ({run.config.mode}, {run.config.steps} steps{replayed}{checked}) in "
+        learned = (f"Learned case {run.case_id} ({_what(run.config)}{replayed}{checked}) in "
                    f"{result.seconds:.1f} s: version {version}")
         late = " (Cancel came after the last step)" if run.cancelled else ""
         if self.state.model is not run.model:
