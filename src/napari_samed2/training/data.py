@@ -211,7 +211,8 @@ class ClipSampler:
     With ``end_start_prob`` the clip is one that shows an object end while another object
     goes on beside it: an object whose footprint on its last slice (in the tracking
     direction, widened by :data:`NEIGHBOUR_REACH` px) meets another object within the clip's
-    length past that end, started between its middle and a third of a clip before the end.
+    length past that end, started no earlier than its middle and late enough that a third of
+    the clip lies past the end.
     Measured on the demo model (run 7): past an object's end, 85 % of the wrongly predicted
     pixels lay on such a neighbour, and middle-started clips show that case too rarely to
     unlearn it.
@@ -270,8 +271,9 @@ class ClipSampler:
         return kinds[int(self.rng.choice(len(kinds), p=[self.prompt_probs[x] for x in kinds]))]
 
     def _sample_end(self, end: ObjectEnd) -> Clip:
-        """A clip of ``end``'s object from between its middle and ``clip_length // 3`` slices
-        before its end, so that at least a third of the clip lies past the end."""
+        """A clip of ``end``'s object started no earlier than its middle and at most
+        ``clip_length - 1 - clip_length // 3`` slices before its end, so that at least a third
+        of the clip lies past the end."""
         pair, k, n = self.pairs[end.pair], self.clip_length, len(self.pairs[end.pair])
         present = pair.objects[end.object_id]
         middle = int(present[len(present) // 2])
@@ -279,8 +281,8 @@ class ClipSampler:
             lo, hi = int(present.min()), min(middle, int(present.min()) + k - 1 - k // 3)
         else:
             lo, hi = max(middle, int(present.max()) - (k - 1 - k // 3)), int(present.max())
-        starts = present[(present >= lo) & (present <= hi)]
-        start = int(starts[int(self.rng.integers(len(starts)))]) if len(starts) else middle
+        starts = present[(present >= lo) & (present <= hi)]  # never empty: the end itself is one
+        start = int(starts[int(self.rng.integers(len(starts)))])
         frames = tuple(range(start, max(start - k, -1), -1)) if end.reverse else tuple(range(start, min(start + k, n)))
         return make_clip(pair, end.object_id, frames, self._kind(), self.rng)
 
