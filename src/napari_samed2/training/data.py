@@ -263,8 +263,12 @@ class ClipSampler:
             fits = present[present - (k - 1) >= 0] if reverse else present[present + k <= n]
             candidates = fits if len(fits) else present
             start = int(candidates[int(rng.integers(len(candidates)))])
-        frames = tuple(range(start, max(start - k, -1), -1)) if reverse else tuple(range(start, min(start + k, n)))
-        return make_clip(pair, object_id, frames, self._kind(), rng)
+        return make_clip(pair, object_id, self._frames(start, reverse, n), self._kind(), rng)
+
+    def _frames(self, start: int, reverse: bool, n: int) -> tuple[int, ...]:
+        """Up to ``clip_length`` slices from ``start`` in tracking order, within ``n`` slices."""
+        k = self.clip_length
+        return tuple(range(start, max(start - k, -1), -1)) if reverse else tuple(range(start, min(start + k, n)))
 
     def _kind(self) -> str:
         kinds = list(self.prompt_probs)
@@ -274,7 +278,7 @@ class ClipSampler:
         """A clip of ``end``'s object started no earlier than its middle and at most
         ``clip_length - 1 - clip_length // 3`` slices before its end, so that at least a third
         of the clip lies past the end."""
-        pair, k, n = self.pairs[end.pair], self.clip_length, len(self.pairs[end.pair])
+        pair, k = self.pairs[end.pair], self.clip_length
         present = pair.objects[end.object_id]
         middle = int(present[len(present) // 2])
         if end.reverse:
@@ -283,8 +287,7 @@ class ClipSampler:
             lo, hi = max(middle, int(present.max()) - (k - 1 - k // 3)), int(present.max())
         starts = present[(present >= lo) & (present <= hi)]  # never empty: the end itself is one
         start = int(starts[int(self.rng.integers(len(starts)))])
-        frames = tuple(range(start, max(start - k, -1), -1)) if end.reverse else tuple(range(start, min(start + k, n)))
-        return make_clip(pair, end.object_id, frames, self._kind(), self.rng)
+        return make_clip(pair, end.object_id, self._frames(start, end.reverse, len(pair)), self._kind(), self.rng)
 
 
 #: How far (px) beyond an object's last cross-section another object still counts as beside it.
