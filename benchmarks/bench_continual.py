@@ -144,10 +144,9 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
             case = case_from_arrays(model, volume.image, volume.labels, name=volume.name, spacing=volume.spacing,
                                     window=volume.window)
             store.add(case)
-            rate = {} if args.lr is None else {"lr": args.lr}
-            rate |= {} if args.train is None else {"train": args.train}
+            overrides = {name: value for name, value in (("lr", args.lr), ("train", args.train)) if value is not None}
             for progress in adapt(model, case, store, versions=work / mode / "versions", mode=mode, steps=args.steps,
-                                  seed=args.seed, check=args.check, **rate):
+                                  seed=args.seed, check=args.check, **overrides):
                 pass
             model = progress.result.model
             seconds.append(progress.result.seconds)
