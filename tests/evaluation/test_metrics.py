@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -35,6 +36,35 @@ def test_nsd_is_one_for_equal_masks_zero_when_far_apart_and_follows_empty_rules(
     assert normalized_surface_dice(far, cube(shape=(12, 40, 40)), spacing) == 0.0
     assert normalized_surface_dice(np.zeros_like(truth), truth, spacing) == 0.0
     assert math.isnan(normalized_surface_dice(np.zeros_like(truth), np.zeros_like(truth), spacing))
+
+
+def test_nsd_on_the_masks_bounding_box_is_monais_value_on_the_whole_volume():
+    """The metric crops to where the masks are (for speed): the same value, masks cut by the
+    volume's edges included."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    def whole(prediction, truth, spacing):
+        one_hot = lambda m: torch.from_numpy(np.stack([~m, m])[None])  # noqa: E731
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # MONAI's own deprecated argument
+            value = compute_surface_dice(one_hot(prediction), one_hot(truth), [2.0], spacing=list(spacing),
+                                         use_subvoxels=True)
+        return float(value.reshape(-1)[0])
+
+    rng = np.random.default_rng(0)
+    shape = (10, 48, 40)
+    grid = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    for case in range(12):
+        def blob():
+            centre, radii = rng.integers(0, shape), rng.integers(2, 14, size=3)
+            return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1  # often cut by an edge
+
+        prediction, truth = blob(), blob() | (rng.random(shape) < 0.002 * (case % 2))
+        if not prediction.any() or not truth.any():
+            continue
+        spacing = tuple(rng.uniform(0.5, 3.0, 3))
+        assert normalized_surface_dice(prediction, truth, spacing) == whole(prediction, truth, spacing)
 
 
 def test_nsd_measures_shifts_in_mm_along_the_right_axis():

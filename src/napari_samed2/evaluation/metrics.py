@@ -41,6 +41,11 @@ def normalized_surface_dice(
     if not prediction.any() or not truth.any():  # MONAI's rules, without its warning
         return float("nan") if not prediction.any() and not truth.any() else 0.0
 
+    # Both surfaces and every distance between them lie in the masks' bounding box (MONAI pads
+    # with background itself): cropped to it, the same value, several times faster.
+    window = _bounding_box(prediction | truth)
+    prediction, truth = prediction[window], truth[window]
+
     def one_hot(mask: np.ndarray):
         return torch.from_numpy(np.stack([~mask, mask])[None])
 
@@ -72,6 +77,15 @@ def clicks_to_reach(values: Sequence[float], target: float = DICE_TARGET) -> int
         if value >= target:
             return step
     return len(values)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The slices of ``mask``'s smallest box holding every true voxel."""
+    box = []
+    for axis in range(mask.ndim):
+        filled = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(filled[0]), int(filled[-1]) + 1))
+    return tuple(box)
 
 
 def _same_shape(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
