@@ -138,6 +138,7 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
     model = load_model(args.model, device=args.device, dtype="float32", image_size=args.image_size)
     store = CaseStore.open(work / mode / "store")
     before = evaluate(model, tests, args.clicks)
+    evaluated, scores = model, before  # a stage that kept its model (mode "none") reuses its scores
     stages, seconds, kept = [], [], 0
     for domain in args.domains:
         for volume in trains[domain]:
@@ -151,7 +152,9 @@ def run_mode(args, mode: str, trains: dict, tests: dict, work: Path) -> dict:
             model = progress.result.model
             seconds.append(progress.result.seconds)
             kept += progress.result.version is not None
-        stages.append(evaluate(model, tests, args.clicks))
+        if model is not evaluated:
+            evaluated, scores = model, evaluate(model, tests, args.clicks)
+        stages.append(scores)
         print(json.dumps({"mode": mode, "after": domain, "scores": stages[-1]}), flush=True)
     return {
         "mode": mode, "before": before, "stages": stages,
