@@ -110,6 +110,15 @@ def _cancelled(session):
     frames.close()
 
 
+def _correct_slice_2(session):
+    session.segment_frame(2, 1, click(31, 30, positive=False))
+
+
+def _bounded_policy_and_a_new_click(session):
+    session.set_policy("confidence", capacity=2)
+    session.segment_frame(0, 2, click(15, 65))
+
+
 STEPS: dict[str, tuple[Callable | None, Callable]] = {
     # kind: (what every session does first, the step under test)
     "correction click": (None, lambda s: s.segment_frame(2, 1, click(31, 30, positive=False))),
@@ -124,29 +133,43 @@ STEPS: dict[str, tuple[Callable | None, Callable]] = {
     "evict a library row": (None, lambda s: s.evict(1, _library_row(s, 1))),
     "policy": (None, lambda s: s.set_policy("confidence", min_iou=0.2, capacity=3)),
     "add to library": (None, lambda s: s.add_to_library(2, min_confidence=0.0, max_entries=2)),
-    "propagate": (lambda s: s.segment_frame(2, 1, click(31, 30, positive=False)), lambda s: list(s.propagate("both"))),
-    "re-propagate": (lambda s: s.segment_frame(2, 1, click(31, 30, positive=False)), lambda s: list(s.repropagate())),
-    "cancelled propagation": (lambda s: s.segment_frame(2, 1, click(31, 30, positive=False)), _cancelled),
-    "propagate, bounded policy": (
-        lambda s: (s.set_policy("confidence", capacity=2), s.segment_frame(0, 2, click(15, 65))),
-        lambda s: list(s.propagate("forward")),
-    ),
+    "propagate": (_correct_slice_2, lambda s: list(s.propagate("both"))),
+    "re-propagate": (_correct_slice_2, lambda s: list(s.repropagate())),
+    "cancelled propagation": (_correct_slice_2, _cancelled),
+    "propagate, bounded policy": (_bounded_policy_and_a_new_click, lambda s: list(s.propagate("forward"))),
 }
 
 
-@pytest.mark.parametrize("kind", list(STEPS))
-def test_undo_and_redo_of_each_kind_of_step(kind, tiny_model, volume, cache, donor_entries):
-    prepare, step = STEPS[kind]
+@pytest.fixture(scope="module")
+def untouched(tiny_model, volume, cache, donor_entries):
+    """``make(prepare)`` builds a prepared baseline; ``before(prepare)`` is what one untouched
+    gives (fingerprint, next propagation), computed once per preparation: the sessions are
+    deterministic, which every comparison below relies on anyway."""
 
-    def make():
+    def make(prepare):
         session = baseline(tiny_model, volume, cache, donor_entries)
         if prepare is not None:
             prepare(session)
         session.history.clear()
         return session
 
-    before, after, undone, redone = make(), make(), make(), make()
-    state_before = fingerprint(before)
+    measured = {}
+
+    def before(prepare):
+        if prepare not in measured:
+            session = make(prepare)
+            measured[prepare] = fingerprint(session), next_propagation(session)
+        return measured[prepare]
+
+    return make, before
+
+
+@pytest.mark.parametrize("kind", list(STEPS))
+def test_undo_and_redo_of_each_kind_of_step(kind, untouched):
+    prepare, step = STEPS[kind]
+    make, measure_before = untouched
+    state_before, propagation_before = measure_before(prepare)
+    after, undone, redone = make(prepare), make(prepare), make(prepare)
     step(after)
     state_after = fingerprint(after)
     assert state_after != state_before, "the step changed nothing: the test would prove nothing"
@@ -162,7 +185,7 @@ def test_undo_and_redo_of_each_kind_of_step(kind, tiny_model, volume, cache, don
     redone.redo()
     assert fingerprint(redone) == state_after
 
-    assert next_propagation(undone) == next_propagation(before)
+    assert next_propagation(undone) == propagation_before
     assert next_propagation(redone) == next_propagation(after)
 
 
