@@ -83,9 +83,13 @@ def test_ctrl_c_between_steps_saves_before_exiting(tmp_path, tiny_checkpoint, mo
     assert '"step": 1' in (out / "resume.json").read_text()
 
 
-def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, capsys):
+def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, capsys, monkeypatch):
     """How the demo model is made (with far fewer steps): its architecture's own initial
-    weights, synthetic training volumes, a box-heavy prompt mix, held-out validation."""
+    weights, synthetic training volumes, a box-heavy prompt mix, held-out validation (on one
+    volume here instead of four)."""
+    from napari_samed2.training import trainer
+
+    monkeypatch.setattr(trainer, "SYNTHETIC_VALIDATION", 1)
     out = tmp_path / "demo"
     code = main([
         "--synthetic", "2", "--model", "demo", "--from-scratch", "--train", "all", "--steps", "2",
