@@ -78,6 +78,28 @@ def test_deepest_point_breaks_ties_with_the_generator_only():
     assert deepest_point(region, (1.0, 1.0), rng(3)) == deepest_point(region, (1.0, 1.0), rng(3))
 
 
+def test_deepest_point_matches_the_transform_of_the_whole_image():
+    """The transform runs on the region's bounding box only: the same click, ties included,
+    as on the whole (padded) image, for regions touching the border and anisotropic voxels."""
+    from scipy import ndimage
+
+    def whole_image(region, spacing, generator):
+        distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[(slice(1, -1),) * region.ndim]
+        candidates = np.argwhere(distance == distance.max())
+        return tuple(int(v) for v in candidates[generator.integers(len(candidates))])
+
+    noise = rng(1)
+    for trial in range(40):
+        shape = (6, 30, 40) if trial % 2 else (30, 40)
+        blobs = ndimage.gaussian_filter(noise.random(shape), 2) > 0.52
+        if trial % 4 == 3:
+            blobs[..., :3] = True  # touches the image border
+        if not blobs.any():
+            continue
+        spacing = (3.0, 0.7, 1.0)[-len(shape):] if trial % 3 else (1.0,) * len(shape)
+        assert deepest_point(blobs, spacing, rng(trial)) == whole_image(blobs, spacing, rng(trial))
+
+
 def test_largest_error_component_decides_the_polarity():
     truth = np.zeros((4, 20, 20), bool)
     truth[:, 2:10, 2:10] = True

@@ -65,15 +65,20 @@ def deepest_point(region: np.ndarray, spacing, rng: np.random.Generator) -> tupl
     """The voxel of ``region`` farthest from its boundary (the maximum of its Euclidean
     distance transform, in mm with ``spacing``); ties broken by ``rng``.
 
-    The region is padded by one background voxel so that a region touching the image
-    border still has a boundary there, as a person would see it.
+    The transform runs on the region's bounding box padded by one background voxel: every
+    voxel nearest to a region voxel lies on that ring or inside it, so the distances are those
+    of the whole image (a region touching the image border gets a boundary there, as a person
+    would see it), at a fraction of the cost for a small region (the transform was a tenth
+    of a training step with correction clicks).
     """
     if not region.any():
         raise ValueError("the region is empty: no point to click")
-    padded = np.pad(region, 1)
+    box = ndimage.find_objects(region.astype(np.uint8))[0]
+    padded = np.pad(region[box], 1)
     distance = ndimage.distance_transform_edt(padded, sampling=spacing)[(slice(1, -1),) * region.ndim]
     candidates = np.argwhere(distance == distance.max())
-    return tuple(int(v) for v in candidates[rng.integers(len(candidates))])
+    deepest = candidates[rng.integers(len(candidates))]
+    return tuple(int(v) + axis.start for v, axis in zip(deepest, box))
 
 
 def start_prompt(
