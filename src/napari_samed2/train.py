@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end-start", type=float, dest="end_start_prob", metavar="P",
                    help="share of clips that show their object end while another object goes on beside it "
                         f"(default: {d.end_start_prob})")
+    p.add_argument("--single-slice", type=float, dest="single_slice_prob", metavar="P",
+                   help="share of clips that are one slice (a box or a click), to train the 2D model alongside "
+                        f"tracking (default: {d.single_slice_prob})")
+    p.add_argument("--box-noise", type=float, metavar="S",
+                   help=f"box prompt jitter, a share of the box side (default: SAM-2's {d.box_noise})")
     p.add_argument("--correction-frames", type=int, help=f"frames per clip with simulated correction clicks (default: {d.correction_frames})")
     p.add_argument("--correction-clicks", type=int, help=f"correction clicks per such frame (default: {d.correction_clicks})")
     p.add_argument("--prompt-probs", type=_prompt_probs, metavar="KIND=P,...",

@@ -102,6 +102,38 @@ def test_prompts_are_boxes_clicks_or_masks_inside_the_frame():
     assert sample_prompt(mask, "mask", rng).mask is not None
 
 
+def test_single_slice_clips_mix_with_tracking_clips_and_are_never_mask_prompted():
+    """One run trains the 2D model and tracking together (image steps alone after tracking
+    cost tracking what they gave 2D, docs/training.md)."""
+    clips = _clips(0, 60, single_slice_prob=0.5)
+    lengths = {len(clip) for clip in clips}
+    assert lengths == {1, 4}
+    singles = [clip for clip in clips if len(clip) == 1]
+    assert 15 <= len(singles) <= 45
+    assert all(clip.masks[0].any() and clip.prompt_kind in ("box", "click") for clip in singles)
+    assert {clip.prompt_kind for clip in clips if len(clip) == 4} == {"box", "click", "mask"}
+    assert {len(clip) for clip in _clips(0, 40)} == {4}  # off by default
+    with pytest.raises(TrainingError, match="single-slice clips need box or click"):
+        _clips(0, single_slice_prob=0.5, prompt_probs={"mask": 1.0})
+    with pytest.raises(TrainingError, match="single_slice_prob"):
+        _clips(0, single_slice_prob=2.0)
+
+
+def test_box_noise_sets_how_far_box_corners_move():
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 10:50] = True
+    tight = np.array([20, 10, 39, 49], float)
+
+    def spread(noise):
+        rng = np.random.default_rng(0)
+        return np.mean([np.abs(np.array(sample_prompt(mask, "box", rng, box_noise=noise).box) - tight).mean() for _ in range(50)])
+
+    assert spread(0.0) == 0.0
+    assert 0 < spread(0.03) < spread(0.1) / 2
+    with pytest.raises(TrainingError, match="box_noise"):
+        _clips(0, box_noise=-0.1)
+
+
 def test_only_prompt_kinds_and_probabilities_that_exist():
     with pytest.raises(TrainingError, match="unknown prompt kinds"):
         _clips(0, prompt_probs={"scribble": 1.0})

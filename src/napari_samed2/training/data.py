@@ -155,9 +155,11 @@ class Clip:
         return len(self.frames) > 1 and self.frames[1] < self.frames[0]
 
 
-def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, spacing=(1.0, 1.0)) -> FramePrompt:
-    """A prompt for one slice's object ``mask``: ``"box"`` (the tight box, corners jittered as
-    SAM-2 trains), ``"click"`` (one positive click at the object's centre, as the click
+def sample_prompt(
+    mask: np.ndarray, kind: str, rng: np.random.Generator, spacing=(1.0, 1.0), box_noise: float = BOX_NOISE
+) -> FramePrompt:
+    """A prompt for one slice's object ``mask``: ``"box"`` (the tight box, each corner moved by
+    ``N(0, box_noise x box side)``, at most :data:`BOX_NOISE_MAX_PX`; SAM-2 trains with 0.1), ``"click"`` (one positive click at the object's centre, as the click
     simulator places it) or ``"mask"`` (the mask itself)."""
     if kind == "mask":
         return FramePrompt(mask=mask)
@@ -166,7 +168,7 @@ def sample_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, spacing
     if kind == "box":
         r0, c0, r1, c1 = bounding_box(mask)
         sides = np.array([r1 - r0, c1 - c0, r1 - r0, c1 - c0], float)
-        noise = np.clip(rng.normal(0.0, 1.0, 4) * BOX_NOISE * sides, -BOX_NOISE_MAX_PX, BOX_NOISE_MAX_PX)
+        noise = np.clip(rng.normal(0.0, 1.0, 4) * box_noise * sides, -BOX_NOISE_MAX_PX, BOX_NOISE_MAX_PX)
         height, width = mask.shape
         lo = np.array([0, 0, 0, 0], float)
         hi = np.array([height - 1, width - 1, height - 1, width - 1], float)
@@ -184,6 +186,24 @@ def check_share(name: str, value: float) -> None:
     """A probability setting must lie in [0, 1]."""
     if not 0.0 <= value <= 1.0:
         raise TrainingError(f"{name} must lie in [0, 1], got {value}")
+
+
+def check_box_noise(value: float) -> None:
+    """Box jitter is a share of the box's side: 0 (tight boxes) up to 1."""
+    if not 0.0 <= value <= 1.0:
+        raise TrainingError(f"box_noise is a share of the box side in [0, 1] (SAM-2 trains with {BOX_NOISE}), got {value}")
+
+
+def single_slice_prompt_probs(probs: Mapping[str, float]) -> dict[str, float]:
+    """``probs`` without the mask prompt, for one-slice clips (a mask prompt passes through)."""
+    kept = {k: v for k, v in probs.items() if k != "mask" and v > 0}
+    if not kept:
+        raise TrainingError(
+            "single-slice clips need box or click prompts (a one-slice clip prompted with its own mask "
+            f"has nothing to learn); prompt_probs gives only {sorted(probs)}"
+        )
+    total = sum(kept.values())
+    return {k: v / total for k, v in kept.items()}
 
 
 def check_prompt_probs(probs: Mapping[str, float]) -> dict[str, float]:
@@ -215,7 +235,10 @@ class ClipSampler:
     the clip lies past the end (with no such end in ``pairs``, clips are drawn as without it).
     Measured on the demo model (run 7): past an object's end, 85 % of the wrongly predicted
     pixels lay on such a neighbour, and middle-started clips show that case too rarely to
-    unlearn it.
+    unlearn it. With ``single_slice_prob`` a clip is one slice where its object is (a box or
+    a click, never the mask), so that one run trains the 2D model and tracking together: image
+    steps alone after the tracking stages were measured to cost tracking what they gave 2D.
+    ``box_noise``: the jitter of box prompts (see :func:`sample_prompt`).
     """
 
     def __init__(
@@ -228,12 +251,16 @@ class ClipSampler:
         reverse_prob: float = 0.5,
         middle_start_prob: float = 0.0,
         end_start_prob: float = 0.0,
+        single_slice_prob: float = 0.0,
+        box_noise: float = BOX_NOISE,
     ):
         if clip_length < 1:
             raise TrainingError(f"clip_length must be at least 1, got {clip_length}")
         check_share("reverse_prob", reverse_prob)
         check_share("middle_start_prob", middle_start_prob)
         check_share("end_start_prob", end_start_prob)
+        check_share("single_slice_prob", single_slice_prob)
+        check_box_noise(box_noise)
         self.pairs = pairs
         self.rng = rng
         self.clip_length = clip_length
@@ -241,6 +268,9 @@ class ClipSampler:
         self.reverse_prob = reverse_prob
         self.middle_start_prob = middle_start_prob
         self.end_start_prob = end_start_prob
+        self.single_slice_prob = single_slice_prob
+        self.single_slice_probs = single_slice_prompt_probs(self.prompt_probs) if single_slice_prob else {}
+        self.box_noise = box_noise
         self.ends = neighboured_ends(pairs, clip_length) if end_start_prob else []
 
     def __iter__(self) -> Iterator[Clip]:
@@ -249,6 +279,8 @@ class ClipSampler:
 
     def sample(self) -> Clip:
         rng = self.rng
+        if self.single_slice_prob and rng.random() < self.single_slice_prob:
+            return self._sample_single_slice()
         if self.ends and rng.random() < self.end_start_prob:
             return self._sample_end(self.ends[int(rng.integers(len(self.ends)))])
         pair = self.pairs[int(rng.integers(len(self.pairs)))]
@@ -263,16 +295,26 @@ class ClipSampler:
             fits = present[present - (k - 1) >= 0] if reverse else present[present + k <= n]
             candidates = fits if len(fits) else present
             start = int(candidates[int(rng.integers(len(candidates)))])
-        return make_clip(pair, object_id, self._frames(start, reverse, n), self._kind(), rng)
+        return make_clip(pair, object_id, self._frames(start, reverse, n), self._kind(), rng, self.box_noise)
+
+    def _sample_single_slice(self) -> Clip:
+        rng = self.rng
+        pair = self.pairs[int(rng.integers(len(self.pairs)))]
+        ids = sorted(pair.objects)
+        object_id = ids[int(rng.integers(len(ids)))]
+        present = pair.objects[object_id]
+        frame = int(present[int(rng.integers(len(present)))])
+        return make_clip(pair, object_id, (frame,), self._kind(self.single_slice_probs), rng, self.box_noise)
 
     def _frames(self, start: int, reverse: bool, n: int) -> tuple[int, ...]:
         """Up to ``clip_length`` slices from ``start`` in tracking order, within ``n`` slices."""
         k = self.clip_length
         return tuple(range(start, max(start - k, -1), -1)) if reverse else tuple(range(start, min(start + k, n)))
 
-    def _kind(self) -> str:
-        kinds = list(self.prompt_probs)
-        return kinds[int(self.rng.choice(len(kinds), p=[self.prompt_probs[x] for x in kinds]))]
+    def _kind(self, probs: Mapping[str, float] | None = None) -> str:
+        probs = self.prompt_probs if probs is None else probs
+        kinds = list(probs)
+        return kinds[int(self.rng.choice(len(kinds), p=[probs[x] for x in kinds]))]
 
     def _sample_end(self, end: ObjectEnd) -> Clip:
         """A clip of ``end``'s object started no earlier than its middle and at most
@@ -287,7 +329,7 @@ class ClipSampler:
             lo, hi = max(middle, int(present.max()) - (k - 1 - k // 3)), int(present.max())
         starts = present[(present >= lo) & (present <= hi)]  # never empty: the end itself is one
         start = int(starts[int(self.rng.integers(len(starts)))])
-        return make_clip(pair, end.object_id, self._frames(start, end.reverse, len(pair)), self._kind(), self.rng)
+        return make_clip(pair, end.object_id, self._frames(start, end.reverse, len(pair)), self._kind(), self.rng, self.box_noise)
 
 
 #: How far (px) beyond an object's last cross-section another object still counts as beside it.
@@ -325,7 +367,10 @@ def neighboured_ends(pairs: list[VolumePair], clip_length: int) -> list[ObjectEn
     return ends
 
 
-def make_clip(pair: VolumePair, object_id: int, frames: Iterable[int], kind: str, rng: np.random.Generator) -> Clip:
+def make_clip(
+    pair: VolumePair, object_id: int, frames: Iterable[int], kind: str, rng: np.random.Generator,
+    box_noise: float = BOX_NOISE,
+) -> Clip:
     """The clip of ``pair`` over ``frames`` (in tracking order) for ``object_id``, prompted on
     its first frame with a prompt of ``kind``."""
     frames = tuple(int(f) for f in frames)
@@ -334,7 +379,7 @@ def make_clip(pair: VolumePair, object_id: int, frames: Iterable[int], kind: str
     masks = np.stack([np.asarray(pair.label[f]) == object_id for f in index])
     if not masks[0].any():
         raise TrainingError(f"object {object_id} of {pair.name} is absent from slice {frames[0]}: a clip starts where its object is")
-    prompt = sample_prompt(masks[0], kind, rng, pair.spacing[1:])
+    prompt = sample_prompt(masks[0], kind, rng, pair.spacing[1:], box_noise)
     return Clip(
         volume=Volume(images, normalise=pair.window),
         masks=masks,

@@ -37,7 +37,10 @@ from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 from napari_samed2.training import checkpoints
 from napari_samed2.training.adapters import select_trainable
-from napari_samed2.training.data import PROMPT_PROBS, ClipSampler, Clip, VolumePair, check_prompt_probs, check_share
+from napari_samed2.training.data import (
+    BOX_NOISE, PROMPT_PROBS, ClipSampler, Clip, VolumePair, check_box_noise, check_prompt_probs, check_share,
+    single_slice_prompt_probs,
+)
 from napari_samed2.training.losses import LOSS_WEIGHTS, check_weights, combine, mask_losses, mean_terms
 
 _LOGIT_CLAMP = 32.0  # as the engine: previous logits fed back with new clicks are clamped
@@ -73,6 +76,8 @@ class TrainConfig:
     reverse_prob: float = 0.5
     middle_start_prob: float = 0.0
     end_start_prob: float = 0.0
+    single_slice_prob: float = 0.0
+    box_noise: float = BOX_NOISE
     correction_frames: int = 2
     correction_clicks: int = 1
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
@@ -91,8 +96,11 @@ class TrainConfig:
                 raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
-        for name in ("reverse_prob", "middle_start_prob", "end_start_prob"):
+        for name in ("reverse_prob", "middle_start_prob", "end_start_prob", "single_slice_prob"):
             check_share(name, getattr(self, name))
+        check_box_noise(self.box_noise)
+        if self.single_slice_prob:
+            single_slice_prompt_probs(self.prompt_probs)
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise TrainingError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         object.__setattr__(self, "prompt_probs", check_prompt_probs(self.prompt_probs))
@@ -342,6 +350,7 @@ class Trainer:
             pairs, self.rng, clip_length=config.clip_length,
             prompt_probs=config.prompt_probs, reverse_prob=config.reverse_prob,
             middle_start_prob=config.middle_start_prob, end_start_prob=config.end_start_prob,
+            single_slice_prob=config.single_slice_prob, box_noise=config.box_noise,
         )
 
     # one step ---------------------------------------------------------------------------
@@ -586,6 +595,8 @@ def train(
     lora_rank: int | None = None,
     middle_start_prob: float | None = None,
     end_start_prob: float | None = None,
+    single_slice_prob: float | None = None,
+    box_noise: float | None = None,
     correction_frames: int | None = None,
     correction_clicks: int | None = None,
     prompt_probs: dict[str, float] | None = None,
@@ -623,8 +634,9 @@ def train(
     (how the ``demo`` model is made); ``prompt_probs`` weighs the first slice's prompt kinds,
     e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``; ``loss_weights`` overrides some of
     sam2's term weights, e.g. ``{"dice": 5.0}``; ``middle_start_prob`` starts that share of
-    the clips at their object's middle slice and ``end_start_prob`` near an end with another
-    object beside it (see :class:`~.data.ClipSampler`).
+    the clips at their object's middle slice, ``end_start_prob`` near an end with another
+    object beside it, and ``single_slice_prob`` makes that share single slices; ``box_noise``
+    sets the box prompts' jitter (see :class:`~.data.ClipSampler`).
     """
     from napari_samed2.models.loading import load_model
     from napari_samed2.training.adapters import parse_modules
@@ -633,7 +645,8 @@ def train(
     given = dict(
         steps=steps, train=train, clip_length=clip_length, batch=batch, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
-        middle_start_prob=middle_start_prob, end_start_prob=end_start_prob, correction_frames=correction_frames,
+        middle_start_prob=middle_start_prob, end_start_prob=end_start_prob, single_slice_prob=single_slice_prob,
+        box_noise=box_noise, correction_frames=correction_frames,
         correction_clicks=correction_clicks, prompt_probs=prompt_probs,
         loss_weights=loss_weights, memory_policy=memory_policy, val_every=val_every, save_every=save_every,
     )
