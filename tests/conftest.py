@@ -44,6 +44,24 @@ def tiny_model(tiny_checkpoint):
     return load_model(tiny_checkpoint, device=TEST_DEVICE, dtype="float32", image_size=TEST_IMAGE_SIZE)
 
 
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """The demo architecture (4 M parameters) with random weights: a frame costs a quarter of
+    the tiny model's, for the tests of behaviour that no architecture changes (the oracle and
+    the loading tests keep the real sam2 architectures)."""
+    from napari_samed2.models.random_weights import save_random_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "random_demo.pt"
+    return save_random_checkpoint(path, "demo", image_size=TEST_IMAGE_SIZE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_checkpoint):
+    from napari_samed2 import load_model
+
+    return load_model(small_checkpoint, device=TEST_DEVICE, dtype="float32", image_size=TEST_IMAGE_SIZE)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real MR volumes beside the repo; tests that need them skip on a user's clone."""

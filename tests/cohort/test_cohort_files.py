@@ -118,9 +118,9 @@ def test_prompts_that_do_not_fit_the_volume_are_refused(tmp_path):
         read_prompts(path).check((7, 64, 64), 7, (64, 64))
 
 
-def test_a_saved_session_is_a_prompt_file_masks_included(tiny_model, tmp_path):
+def test_a_saved_session_is_a_prompt_file_masks_included(small_model, tmp_path):
     image, label = synthetic(0)
-    session = Session(tiny_model, image)
+    session = Session(small_model, image)
     session.segment_frame(2, session.add_object(), FramePrompt([[28, 24], [5, 5]], [1, 0], box=(18, 8, 38, 36)))
     session.segment_frame(1, session.add_object(5), FramePrompt(mask=label[1].astype(bool)))
     folder = session.save(tmp_path / "saved")

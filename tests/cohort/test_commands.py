@@ -71,10 +71,10 @@ def workers_threads():
 
 
 @pytest.fixture(scope="module")
-def in_process(cohort_folder, tiny_checkpoint, tmp_path_factory):
+def in_process(cohort_folder, small_checkpoint, tmp_path_factory):
     """The reference: every volume one by one in this process."""
     out = tmp_path_factory.mktemp("in_process")
-    return out, run_all(cohort_folder, tiny_checkpoint, out, workers=0)
+    return out, run_all(cohort_folder, small_checkpoint, out, workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,9 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def on_cluster(cohort_folder, tiny_checkpoint, tmp_path_factory, cluster):
+def on_cluster(cohort_folder, small_checkpoint, tmp_path_factory, cluster):
     out = tmp_path_factory.mktemp("on_cluster")
-    return out, run_all(cohort_folder, tiny_checkpoint, out, scheduler=cluster.scheduler.address)
+    return out, run_all(cohort_folder, small_checkpoint, out, scheduler=cluster.scheduler.address)
 
 
 def test_two_workers_give_what_one_by_one_in_process_gives(in_process, on_cluster, cluster):
@@ -141,12 +141,12 @@ def test_outputs_a_reviewer_reads(in_process, cohort_folder):
     assert not list(out.rglob("*.partial*"))  # nothing left half written
 
 
-def test_an_embedded_volume_opens_without_encoding(in_process, cohort_folder, tiny_checkpoint, monkeypatch):
+def test_an_embedded_volume_opens_without_encoding(in_process, cohort_folder, small_checkpoint, monkeypatch):
     out, reports = in_process
     # the session the GUI would make: the default cache, the reader's array, the same model
     # (the one the in-process run loaded, so the same signature)
     monkeypatch.setenv(CACHE_DIR_ENV, str(out / "cache"))
-    model = tasks.worker_model(ModelRef(str(tiny_checkpoint.resolve()), IMAGE_SIZE, "cpu", "float32"))
+    model = tasks.worker_model(ModelRef(str(small_checkpoint.resolve()), IMAGE_SIZE, "cpu", "float32"))
     data = read_image(cohort_folder / "images" / "b.nii.gz")[0][0]
     session = Session(model, data)
     session.segment_frame(3, session.add_object(), FramePrompt.clicks([[31, 30]]))
@@ -155,7 +155,7 @@ def test_an_embedded_volume_opens_without_encoding(in_process, cohort_folder, ti
     assert session.frames_encoded == 0 and tasks.model_loads == 1
 
 
-def test_an_interrupted_run_resumes_without_redoing_finished_volumes(in_process, cohort_folder, tiny_checkpoint, tmp_path):
+def test_an_interrupted_run_resumes_without_redoing_finished_volumes(in_process, cohort_folder, small_checkpoint, tmp_path):
     out, cache = tmp_path / "out", in_process[0] / "cache"  # embedded: only tracking runs here
 
     def stop_after_first(event):
@@ -163,12 +163,12 @@ def test_an_interrupted_run_resumes_without_redoing_finished_volumes(in_process,
 
     with pytest.raises(KeyboardInterrupt):
         segment_cohort(cohort_folder, out=out, workers=0, cache=cache, progress=stop_after_first,
-                       **options(tiny_checkpoint))
+                       **options(small_checkpoint))
     finished = [p.parent.name for p in out.glob("cases/*/segment.json")]
     assert finished == ["a"]
     labels = out / "labels" / "a.nii.gz"
     written = labels.stat().st_mtime_ns
-    again = segment_cohort(cohort_folder, out=out, workers=0, cache=cache, **options(tiny_checkpoint))
+    again = segment_cohort(cohort_folder, out=out, workers=0, cache=cache, **options(small_checkpoint))
     assert {r.name: r.status for r in again.rows} == {"a": "kept", "b": "done", BROKEN: "failed"}
     assert labels.stat().st_mtime_ns == written
     # a changed prompt file (a new signature) runs its volume again; --redo runs them all
@@ -176,21 +176,21 @@ def test_an_interrupted_run_resumes_without_redoing_finished_volumes(in_process,
     times = prompts.stat().st_atime_ns, prompts.stat().st_mtime_ns
     os.utime(prompts, ns=(times[0], times[1] + 1))
     try:
-        third = segment_cohort(cohort_folder, out=out, workers=0, cache=cache, **options(tiny_checkpoint))
+        third = segment_cohort(cohort_folder, out=out, workers=0, cache=cache, **options(small_checkpoint))
     finally:
         os.utime(prompts, ns=times)
     assert {r.name: r.status for r in third.rows} == {"a": "done", "b": "kept", BROKEN: "failed"}
     # redo runs finished volumes again (embed into the full cache: nothing to encode, quick)
-    embed = lambda **redo: embed_cohort(cohort_folder, out=out, cache=cache, workers=0, **options(tiny_checkpoint), **redo)  # noqa: E731
+    embed = lambda **redo: embed_cohort(cohort_folder, out=out, cache=cache, workers=0, **options(small_checkpoint), **redo)  # noqa: E731
     assert [r.status for r in embed().rows] == ["failed", "done", "done"]
     assert [r.status for r in embed().rows] == ["failed", "kept", "kept"]
     assert [(r.status, r.encoded) for r in embed(redo=True).rows] == [("failed", 0), ("done", 0), ("done", 0)]
 
 
-def test_an_intensity_window_reaches_every_command_and_embed_and_segment_share_it(cohort_folder, tiny_checkpoint,
+def test_an_intensity_window_reaches_every_command_and_embed_and_segment_share_it(cohort_folder, small_checkpoint,
                                                                                   tmp_path):
     out, cache, window = tmp_path / "out", tmp_path / "cache", (-50.0, 150.0)
-    common = {**options(tiny_checkpoint), "workers": 0, "cache": cache}
+    common = {**options(small_checkpoint), "workers": 0, "cache": cache}
     embedded = embed_cohort(cohort_folder, out=out, window=window, **common)
     assert [(r.status, r.encoded) for r in embedded.rows] == [("failed", 0), ("done", SLICES), ("done", SLICES)]
     segmented = segment_cohort(cohort_folder, out=out, window=window, **common)
@@ -198,7 +198,7 @@ def test_an_intensity_window_reaches_every_command_and_embed_and_segment_share_i
     # without the window the same volumes are other slices to the model: their own signature, encoded again
     plain = segment_cohort(cohort_folder, out=out, **common)
     assert [(r.status, r.encoded) for r in plain.rows if r.status != "failed"] == [("done", SLICES), ("done", SLICES)]
-    evaluated = evaluate_cohort(cohort_folder, out=out, clicks=0, window="ct:lung", **options(tiny_checkpoint),
+    evaluated = evaluate_cohort(cohort_folder, out=out, clicks=0, window="ct:lung", **options(small_checkpoint),
                                 workers=0)
     assert {r.protocol for r in evaluated.evaluation.records} == {"box+0clicks+window-1350to150"}
     with pytest.raises(CohortError, match="intensity window.*below low"):
@@ -208,9 +208,9 @@ def test_an_intensity_window_reaches_every_command_and_embed_and_segment_share_i
         IntensityWindow(-50.0, 150.0)
 
 
-def test_command_line(in_process, cohort_folder, tiny_checkpoint, tmp_path, cluster, capsys):
+def test_command_line(in_process, cohort_folder, small_checkpoint, tmp_path, cluster, capsys):
     def segment(*where: str) -> list[str]:
-        return ["segment", str(cohort_folder), "--model", str(tiny_checkpoint), "--image-size", str(IMAGE_SIZE),
+        return ["segment", str(cohort_folder), "--model", str(small_checkpoint), "--image-size", str(IMAGE_SIZE),
                 "--device", "cpu", "--dtype", "float32", "--policy", "confidence", *where,
                 "--out", str(tmp_path / "out"), "--cache", str(in_process[0] / "cache")]
 
@@ -239,8 +239,8 @@ def test_every_option_is_a_parameter_of_its_command():
         assert options == parameters, name
 
 
-def test_a_worker_that_dies_costs_only_its_volume(cohort_folder, tiny_checkpoint, tmp_path, cluster):
-    model = ModelRef(str(tiny_checkpoint.resolve()), IMAGE_SIZE, "cpu", "float32")
+def test_a_worker_that_dies_costs_only_its_volume(cohort_folder, small_checkpoint, tmp_path, cluster):
+    model = ModelRef(str(small_checkpoint.resolve()), IMAGE_SIZE, "cpu", "float32")
     task = CohortTask("embed", model, tmp_path, tmp_path / "cache")
 
     def dies_on_b(volume, task):

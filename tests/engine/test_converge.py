@@ -44,16 +44,16 @@ def logits(session: Session) -> list[bytes]:
     return [session.memories[1].entries[f].low_res_logits.numpy().tobytes() for f in range(FRAMES)]
 
 
-def test_without_converge_stop_every_stale_frame_is_recomputed(tiny_model, array, cache):
-    full, default = corrected(tiny_model, array, cache), corrected(tiny_model, array, cache)
+def test_without_converge_stop_every_stale_frame_is_recomputed(small_model, array, cache):
+    full, default = corrected(small_model, array, cache), corrected(small_model, array, cache)
     assert [r.frame for r in full.repropagate()] == list(range(3, FRAMES))
     assert [r.frame for r in default.repropagate(converge=None)] == list(range(3, FRAMES))
     assert not full.stale[1] and not default.stale[1]
     assert logits(default) == logits(full)
 
 
-def test_a_run_stops_once_masks_agree_and_keeps_the_rest_stale(tiny_model, array, cache):
-    session = corrected(tiny_model, array, cache)
+def test_a_run_stops_once_masks_agree_and_keeps_the_rest_stale(small_model, array, cache):
+    session = corrected(small_model, array, cache)
     earlier = dict(session.memories[1].entries)
     assert [r.frame for r in session.repropagate(ConvergeStop(iou=0.98, frames=3))] == [3, 4, 5, 6]
     assert session.stale[1] == set(range(7, FRAMES))  # the mark: a plain re-run finishes them
@@ -64,19 +64,19 @@ def test_a_run_stops_once_masks_agree_and_keeps_the_rest_stale(tiny_model, array
         assert not torch.equal(session.memories[1].entries[frame].low_res_logits, earlier[frame].low_res_logits)
 
 
-def test_the_agreement_rule_decides_where_a_run_stops(tiny_model, array, cache):
-    exact = corrected(tiny_model, array, cache)  # no recomputed frame is identical to before
+def test_the_agreement_rule_decides_where_a_run_stops(small_model, array, cache):
+    exact = corrected(small_model, array, cache)  # no recomputed frame is identical to before
     assert [r.frame for r in exact.repropagate(ConvergeStop(iou=1.0))] == list(range(3, FRAMES))
     assert not exact.stale[1]
-    longer = corrected(tiny_model, array, cache)
+    longer = corrected(small_model, array, cache)
     assert [r.frame for r in longer.repropagate(ConvergeStop(frames=5))] == list(range(3, 9))
     assert longer.stale[1] == set(range(9, FRAMES))
 
 
-def test_a_plain_re_run_after_a_converged_one_equals_a_full_re_run(tiny_model, array, cache):
-    full = corrected(tiny_model, array, cache)
+def test_a_plain_re_run_after_a_converged_one_equals_a_full_re_run(small_model, array, cache):
+    full = corrected(small_model, array, cache)
     list(full.repropagate())
-    session = corrected(tiny_model, array, cache)
+    session = corrected(small_model, array, cache)
     list(session.repropagate(ConvergeStop()))
     # it starts at the first kept frame, from the memory of the frames recomputed before it
     assert [r.frame for r in session.repropagate()] == list(range(7, FRAMES))
@@ -85,8 +85,8 @@ def test_a_plain_re_run_after_a_converged_one_equals_a_full_re_run(tiny_model, a
     assert masks(session) == masks(full)
 
 
-def test_undo_after_a_converged_re_run_gives_back_the_state_before_it(tiny_model, array, cache):
-    session = corrected(tiny_model, array, cache)
+def test_undo_after_a_converged_re_run_gives_back_the_state_before_it(small_model, array, cache):
+    session = corrected(small_model, array, cache)
     memory = session.memories[1]
     entries, tracked, stale = dict(memory.entries), dict(memory.tracked), set(session.stale[1])
     before = masks(session)

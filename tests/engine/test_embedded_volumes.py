@@ -25,27 +25,27 @@ def segment(session: Session) -> np.ndarray:
     return session.labels()
 
 
-def test_position_encodings_equal_the_encoders(tiny_model, array):
-    session = Session(tiny_model, array)
-    image = session.volume.model_input(0, tiny_model.image_size, tiny_model.spec.preprocessing)
-    with tiny_model.inference():
-        backbone = tiny_model.sam.forward_image(image[None].to(tiny_model.device))
-        derived = position_encodings(tiny_model.sam, backbone["backbone_fpn"])
+def test_position_encodings_equal_the_encoders(small_model, array):
+    session = Session(small_model, array)
+    image = session.volume.model_input(0, small_model.image_size, small_model.spec.preprocessing)
+    with small_model.inference():
+        backbone = small_model.sam.forward_image(image[None].to(small_model.device))
+        derived = position_encodings(small_model.sam, backbone["backbone_fpn"])
     assert len(derived) == len(backbone["vision_pos_enc"])
     for mine, theirs in zip(derived, backbone["vision_pos_enc"], strict=True):
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
 
 
-def test_encode_fills_the_cache_and_a_later_session_encodes_nothing(tiny_model, array, tmp_path):
-    embedder = Session(tiny_model, array, cache=EmbeddingCache(directory=tmp_path))
+def test_encode_fills_the_cache_and_a_later_session_encodes_nothing(small_model, array, tmp_path):
+    embedder = Session(small_model, array, cache=EmbeddingCache(directory=tmp_path))
     assert list(embedder.encode()) == list(range(FRAMES))
     assert embedder.frames_encoded == FRAMES
     assert list(embedder.encode([2, 5])) == [2, 5] and embedder.frames_encoded == FRAMES  # cached: skipped
     embedder.cache.close()
     assert len(list(tmp_path.glob("*.safetensors"))) == FRAMES
 
-    cold = segment(Session(tiny_model, array))
-    warm = Session(tiny_model, array, cache=EmbeddingCache(shared=tmp_path))
+    cold = segment(Session(small_model, array))
+    warm = Session(small_model, array, cache=EmbeddingCache(shared=tmp_path))
     assert np.array_equal(segment(warm), cold)
     assert warm.frames_encoded == 0
     assert len(list(tmp_path.glob("*.safetensors"))) == FRAMES  # shared: read, never written
@@ -53,28 +53,28 @@ def test_encode_fills_the_cache_and_a_later_session_encodes_nothing(tiny_model, 
         list(embedder.encode([FRAMES]))
 
 
-def test_a_session_without_a_cache_reads_the_default_folder(tiny_model, array, tmp_path, monkeypatch):
+def test_a_session_without_a_cache_reads_the_default_folder(small_model, array, tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "embeddings"))
     assert default_cache_dir() == tmp_path / "embeddings"
-    fresh = Session(tiny_model, array)
+    fresh = Session(small_model, array)
     segment(fresh)
     assert fresh.frames_encoded == 4  # nothing there yet, and nothing written there by it
     assert not (tmp_path / "embeddings").exists()
-    embedder = Session(tiny_model, array, cache=EmbeddingCache(directory=default_cache_dir()))
+    embedder = Session(small_model, array, cache=EmbeddingCache(directory=default_cache_dir()))
     list(embedder.encode(range(4)))
     embedder.cache.close()
-    again = Session(tiny_model, array)
+    again = Session(small_model, array)
     segment(again)
     assert again.frames_encoded == 0
 
 
-def test_a_damaged_shared_file_is_recomputed_and_left_alone(tiny_model, array, tmp_path):
-    embedder = Session(tiny_model, array, cache=EmbeddingCache(directory=tmp_path))
+def test_a_damaged_shared_file_is_recomputed_and_left_alone(small_model, array, tmp_path):
+    embedder = Session(small_model, array, cache=EmbeddingCache(directory=tmp_path))
     list(embedder.encode(range(4)))
     embedder.cache.close()
     damaged = tmp_path / f"{embedder.cache_key(1)}.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:100])
-    session = Session(tiny_model, array, cache=EmbeddingCache(shared=tmp_path))
+    session = Session(small_model, array, cache=EmbeddingCache(shared=tmp_path))
     with pytest.warns(EmbeddingCacheWarning, match="shared embedding file"):
         segment(session)
     assert session.frames_encoded == 1 and damaged.stat().st_size == 100

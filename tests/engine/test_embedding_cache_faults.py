@@ -125,9 +125,9 @@ def test_a_deleted_temporary_folder_does_not_break_close(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model, array) -> dict[int, np.ndarray]:
+def reference(small_model, array) -> dict[int, np.ndarray]:
     """Masks of a propagation whose cache never fails."""
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     session.segment_frame(0, session.add_object(), click(30, 26))
     return masks(session.propagate("forward", limits=LIMITS))
 
@@ -145,9 +145,9 @@ def make_read_only(_cache, monkeypatch):
 
 
 @pytest.mark.parametrize("fail", [delete_folder, fill_disk, make_read_only])
-def test_a_session_keeps_propagating_when_the_disk_fails_mid_run(tiny_model, array, tmp_path, monkeypatch, reference, fail):
+def test_a_session_keeps_propagating_when_the_disk_fails_mid_run(small_model, array, tmp_path, monkeypatch, reference, fail):
     cache = EmbeddingCache(memory_bytes=1, directory=tmp_path / "embeddings")  # every frame goes to disk
-    session = Session(tiny_model, array, cache=cache)
+    session = Session(small_model, array, cache=cache)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 26))
     run = session.propagate("forward", limits=LIMITS)
@@ -162,9 +162,9 @@ def test_a_session_keeps_propagating_when_the_disk_fails_mid_run(tiny_model, arr
     assert all(np.array_equal(again[f], reference[f]) for f in reference)
 
 
-def test_a_truncated_file_from_an_earlier_run_is_recomputed(tiny_model, array, tmp_path, reference):
+def test_a_truncated_file_from_an_earlier_run_is_recomputed(small_model, array, tmp_path, reference):
     folder = tmp_path / "embeddings"
-    earlier = Session(tiny_model, array, cache=EmbeddingCache(directory=folder))
+    earlier = Session(small_model, array, cache=EmbeddingCache(directory=folder))
     earlier.segment_frame(0, earlier.add_object(), click(30, 26))
     list(earlier.propagate("forward", limits=LIMITS))
     earlier.cache.close()
@@ -172,13 +172,13 @@ def test_a_truncated_file_from_an_earlier_run_is_recomputed(tiny_model, array, t
     assert len(files) == LIMITS[1] + 1
     truncate(files[3])  # the frame written fourth: frame 3
 
-    session = Session(tiny_model, array, cache=EmbeddingCache(directory=folder))
+    session = Session(small_model, array, cache=EmbeddingCache(directory=folder))
     session.segment_frame(0, session.add_object(), click(30, 26))
     with pytest.warns(EmbeddingCacheWarning, match="does not read back"):
         got = masks(session.propagate("forward", limits=LIMITS))
     assert all(np.array_equal(got[f], reference[f]) for f in reference)
     # only frame 3, for its damaged file
     assert session.frames_encoded == 1
-    later = Session(tiny_model, array, cache=EmbeddingCache(directory=folder))
+    later = Session(small_model, array, cache=EmbeddingCache(directory=folder))
     later.segment_frame(3, later.add_object(), click(30, 32))
     assert later.cache.stats.disk_hits == 1  # the file was written again, whole

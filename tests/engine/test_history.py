@@ -32,9 +32,9 @@ def cache():
 
 
 @pytest.fixture(scope="module")
-def donor_entries(tiny_model, volume, cache):
+def donor_entries(small_model, volume, cache):
     """Library entries from an earlier 'case', so that retrieval takes part in every session."""
-    donor = Session(tiny_model, volume, cache=cache, library=MemoryLibrary())
+    donor = Session(small_model, volume, cache=cache, library=MemoryLibrary())
     obj = donor.add_object()
     donor.segment_frame(0, obj, click(30, 25))
     list(donor.propagate("forward"))
@@ -141,13 +141,13 @@ STEPS: dict[str, tuple[Callable | None, Callable]] = {
 
 
 @pytest.fixture(scope="module")
-def untouched(tiny_model, volume, cache, donor_entries):
+def untouched(small_model, volume, cache, donor_entries):
     """``make(prepare)`` builds a prepared baseline; ``before(prepare)`` is what one untouched
     gives (fingerprint, next propagation), computed once per preparation: the sessions are
     deterministic, which every comparison below relies on anyway."""
 
     def make(prepare):
-        session = baseline(tiny_model, volume, cache, donor_entries)
+        session = baseline(small_model, volume, cache, donor_entries)
         if prepare is not None:
             prepare(session)
         session.history.clear()
@@ -189,10 +189,10 @@ def test_undo_and_redo_of_each_kind_of_step(kind, untouched):
     assert next_propagation(redone) == next_propagation(after)
 
 
-def test_undo_back_to_an_empty_session_and_redo_everything(tiny_model, volume, cache, donor_entries):
+def test_undo_back_to_an_empty_session_and_redo_everything(small_model, volume, cache, donor_entries):
     library = MemoryLibrary()
     library.entries = list(donor_entries)  # its rows appear in the session during the first run
-    session = Session(tiny_model, volume, cache=cache, library=library)
+    session = Session(small_model, volume, cache=cache, library=library)
     states = [fingerprint(session)]
     for step in (
         lambda s: s.add_object(),
@@ -219,8 +219,8 @@ def test_undo_back_to_an_empty_session_and_redo_everything(tiny_model, volume, c
     assert session.redo() is None
 
 
-def test_a_new_step_after_undo_drops_the_redo_steps(tiny_model, volume, cache):
-    session = Session(tiny_model, volume, cache=cache)
+def test_a_new_step_after_undo_drops_the_redo_steps(small_model, volume, cache):
+    session = Session(small_model, volume, cache=cache)
     obj = session.add_object()
     session.segment_frame(2, obj, click(30, 30))
     session.undo()
@@ -229,10 +229,10 @@ def test_a_new_step_after_undo_drops_the_redo_steps(tiny_model, volume, cache):
     assert session.history.next_undo.description == "clicks of object 1 on slice 3"
 
 
-def test_a_bad_click_undone_no_longer_steers_the_model(tiny_model, array):
+def test_a_bad_click_undone_no_longer_steers_the_model(small_model, array):
     """The trap of an output-only undo: click wrong, undo, re-propagate, and the click undone
     still steered the model. Now the masks are those of before the click."""
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 26))
     list(session.propagate("forward"))
@@ -260,8 +260,8 @@ def test_a_bad_click_undone_no_longer_steers_the_model(tiny_model, array):
     np.testing.assert_array_equal(session.labels(), good)
 
 
-def test_undo_is_refused_while_a_propagation_runs_and_a_cancelled_run_is_one_step(tiny_model, volume, cache):
-    session = Session(tiny_model, volume, cache=cache)
+def test_undo_is_refused_while_a_propagation_runs_and_a_cancelled_run_is_one_step(small_model, volume, cache):
+    session = Session(small_model, volume, cache=cache)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 25))
     before = fingerprint(session)
@@ -276,8 +276,8 @@ def test_undo_is_refused_while_a_propagation_runs_and_a_cancelled_run_is_one_ste
     assert fingerprint(session) == before
 
 
-def test_a_click_during_a_propagation_is_its_own_step(tiny_model, volume, cache):
-    session = Session(tiny_model, volume, cache=cache)
+def test_a_click_during_a_propagation_is_its_own_step(small_model, volume, cache):
+    session = Session(small_model, volume, cache=cache)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 25))
     frames = session.propagate("forward")
@@ -305,12 +305,12 @@ OBJECT_CHANGES_MID_RUN = {
 
 
 @pytest.mark.parametrize("kind", list(OBJECT_CHANGES_MID_RUN))
-def test_objects_removed_or_added_during_a_propagation_undo_and_redo_step_by_step(kind, tiny_model, volume, cache):
+def test_objects_removed_or_added_during_a_propagation_undo_and_redo_step_by_step(kind, small_model, volume, cache):
     """The run leaves a removed object at the next frame and never takes up an added one; the
     change is its own undo step between the run's frames before and after it, and undoing it
     gives the removed object back with the frames the run had tracked for it."""
     change, change_steps = OBJECT_CHANGES_MID_RUN[kind]
-    session = Session(tiny_model, volume, cache=cache)
+    session = Session(small_model, volume, cache=cache)
     session.segment_frame(2, session.add_object(1), click(30, 28))
     session.segment_frame(2, session.add_object(2), FramePrompt(box=(5.0, 55.0, 20.0, 78.0)))
     states = [fingerprint(session)]
@@ -380,9 +380,9 @@ def _retained_bytes(session: Session) -> int:
     return sum(n for ptr, n in held.items() if ptr not in live)
 
 
-def test_history_stays_under_its_caps_over_200_steps(tiny_model, volume, cache):
+def test_history_stays_under_its_caps_over_200_steps(small_model, volume, cache):
     cap = 3 * 2**20
-    session = Session(tiny_model, volume, cache=cache, undo_steps=60, undo_bytes=cap)
+    session = Session(small_model, volume, cache=cache, undo_steps=60, undo_bytes=cap)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 25))
     list(session.propagate("forward"))
@@ -406,19 +406,19 @@ def test_history_stays_under_its_caps_over_200_steps(tiny_model, volume, cache):
     assert session.undo() is None
 
 
-def test_history_off_records_nothing(tiny_model, volume, cache):
-    session = Session(tiny_model, volume, cache=cache, undo_steps=0)
+def test_history_off_records_nothing(small_model, volume, cache):
+    session = Session(small_model, volume, cache=cache, undo_steps=0)
     session.segment_frame(0, session.add_object(), click(30, 25))
     list(session.propagate("forward"))
     assert not session.history.can_undo and session.undo() is None
     assert "off" in session.history.note
 
 
-def test_library_additions_are_undone_even_when_they_replaced_entries(tiny_model, volume, cache, donor_entries):
+def test_library_additions_are_undone_even_when_they_replaced_entries(small_model, volume, cache, donor_entries):
     library = MemoryLibrary(capacity=len(donor_entries))
     weak = [LibraryEntry(e.maskmem_features, e.descriptor, 0.0, "weak") for e in donor_entries]
     library.entries = list(weak)
-    session = Session(tiny_model, volume, cache=cache, library=library)
+    session = Session(small_model, volume, cache=cache, library=library)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 25))
     list(session.propagate("forward"))
@@ -432,20 +432,20 @@ def test_library_additions_are_undone_even_when_they_replaced_entries(tiny_model
     assert all(a is b for a, b in zip(library.entries, after))
 
 
-def test_saving_is_not_a_step_and_changes_nothing(tiny_model, volume, cache, tmp_path):
-    session = Session(tiny_model, volume, cache=cache)
+def test_saving_is_not_a_step_and_changes_nothing(small_model, volume, cache, tmp_path):
+    session = Session(small_model, volume, cache=cache)
     obj = session.add_object()
     session.segment_frame(2, obj, click(30, 30))
     before = fingerprint(session)
     session.save(tmp_path / "case")
     assert fingerprint(session) == before and len(session.history.undo_steps) == 2
-    loaded = Session.load(tmp_path / "case", tiny_model, volume)
+    loaded = Session.load(tmp_path / "case", small_model, volume)
     assert not loaded.history.can_undo
     assert next_propagation(loaded)[0] == next_propagation(session)[0]
 
 
-def test_a_caller_step_that_adds_and_removes_an_object_undoes_cleanly(tiny_model, volume, cache):
-    session = Session(tiny_model, volume, cache=cache)
+def test_a_caller_step_that_adds_and_removes_an_object_undoes_cleanly(small_model, volume, cache):
+    session = Session(small_model, volume, cache=cache)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 25))
     before = fingerprint(session)

@@ -34,8 +34,8 @@ def test_confidence_formula():
     assert confidence_of(0.9, -10.0) < 1e-4  # sure it is absent: not trusted
 
 
-def test_every_segmented_frame_is_listed(tiny_model, array):
-    session, obj = tracked_session(tiny_model, array)
+def test_every_segmented_frame_is_listed(small_model, array):
+    session, obj = tracked_session(small_model, array)
     rows = session.memory_entries()
     assert [r.frame for r in rows] == list(range(FRAMES))
     assert rows[0].conditioning and not rows[5].conditioning
@@ -43,25 +43,25 @@ def test_every_segmented_frame_is_listed(tiny_model, array):
     assert all(0.0 <= r.confidence <= 1.0 for r in rows)
 
 
-def test_evict_and_pin_change_the_attended_frames_and_the_masks(tiny_model, array):
-    session, obj = tracked_session(tiny_model, array)
-    assert session.memory_view(obj, 9).attended_frames(9, False, tiny_model.sam) == [0, 3, 4, 5, 6, 7, 8]
+def test_evict_and_pin_change_the_attended_frames_and_the_masks(small_model, array):
+    session, obj = tracked_session(small_model, array)
+    assert session.memory_view(obj, 9).attended_frames(9, False, small_model.sam) == [0, 3, 4, 5, 6, 7, 8]
     before = logits(session, obj, 9)
     session.evict(obj, 8)
-    assert session.memory_view(obj, 9).attended_frames(9, False, tiny_model.sam) == [0, 3, 4, 5, 6, 7]
+    assert session.memory_view(obj, 9).attended_frames(9, False, small_model.sam) == [0, 3, 4, 5, 6, 7]
     assert session.stale[obj] == set(range(9, FRAMES))
     session.pin(obj, 1)
-    assert 1 in session.memory_view(obj, 9).attended_frames(9, False, tiny_model.sam)
+    assert 1 in session.memory_view(obj, 9).attended_frames(9, False, small_model.sam)
     assert sorted(r.frame for r in session.repropagate()) == list(range(2, FRAMES))
     assert not torch.equal(before, logits(session, obj, 9))
     assert session.memories[obj].entries[8].status is EntryStatus.EVICTED  # kept through the re-run
     session.restore(obj, 8)
     assert session.memories[obj].entries[8].status is EntryStatus.AUTO
-    assert 8 in session.memory_view(obj, 9).attended_frames(9, False, tiny_model.sam)
+    assert 8 in session.memory_view(obj, 9).attended_frames(9, False, small_model.sam)
 
 
-def test_an_evicted_frame_no_longer_influences_later_frames(tiny_model, array):
-    session, obj = tracked_session(tiny_model, array)
+def test_an_evicted_frame_no_longer_influences_later_frames(small_model, array):
+    session, obj = tracked_session(small_model, array)
     session.evict(obj, 4)
     list(session.repropagate())
     after_evict = {f: logits(session, obj, f) for f in range(5, FRAMES)}
@@ -75,8 +75,8 @@ def test_an_evicted_frame_no_longer_influences_later_frames(tiny_model, array):
         assert torch.equal(logits(session, obj, frame), expected)
 
 
-def test_the_last_prompted_frame_cannot_be_evicted_and_pins_are_limited(tiny_model, array):
-    session, obj = tracked_session(tiny_model, array)
+def test_the_last_prompted_frame_cannot_be_evicted_and_pins_are_limited(small_model, array):
+    session, obj = tracked_session(small_model, array)
     with pytest.raises(ValueError, match="only prompted frame"):
         session.evict(obj, 0)
     stale = {o: set(f) for o, f in session.stale.items()}
@@ -91,8 +91,8 @@ def test_the_last_prompted_frame_cannot_be_evicted_and_pins_are_limited(tiny_mod
         session.pin(obj, 50)
 
 
-def test_confidence_policy_skips_untrusted_frames_and_ranks_the_rest(tiny_model, array):
-    session, obj = tracked_session(tiny_model, array)
+def test_confidence_policy_skips_untrusted_frames_and_ranks_the_rest(small_model, array):
+    session, obj = tracked_session(small_model, array)
     entries = session.memories[obj].entries
     for frame in range(1, FRAMES):
         entries[frame].predicted_iou = 0.9
@@ -104,9 +104,9 @@ def test_confidence_policy_skips_untrusted_frames_and_ranks_the_rest(tiny_model,
     session.set_policy("confidence", min_iou=0.5)
     assert session.stale[obj] == set(range(1, FRAMES))
     view = session.memory_view(obj, 10)
-    attended = view.attended_frames(10, False, tiny_model.sam)
+    attended = view.attended_frames(10, False, small_model.sam)
     assert 8 not in attended and 7 not in attended and 2 in attended
-    assert len(attended) == 1 + tiny_model.sam.num_maskmem - 1  # the prompt + full slots
+    assert len(attended) == 1 + small_model.sam.num_maskmem - 1  # the prompt + full slots
     # slots are filled nearest-first: the most recent slot holds the nearest trusted frame
     assert view.non_cond_frame_outputs[9].frame == 9
     assert max(f for f in range(FRAMES) if f not in (7, 8) and f < 10) == 9
@@ -115,20 +115,20 @@ def test_confidence_policy_skips_untrusted_frames_and_ranks_the_rest(tiny_model,
     assert not session.stale[obj]
 
 
-def test_confidence_policy_bounds_memory_per_object(tiny_model, array):
-    session, obj = tracked_session(tiny_model, array, policy=ConfidencePolicy(capacity=5))
+def test_confidence_policy_bounds_memory_per_object(small_model, array):
+    session, obj = tracked_session(small_model, array, policy=ConfidencePolicy(capacity=5))
     kept = [e for e in session.memories[obj].entries.values() if e.maskmem_features is not None]
     assert len(kept) == 5
     assert session.memories[obj].entries[0].maskmem_features is not None  # prompts are never dropped
     assert len(session.memory_entries(obj)) == FRAMES  # results stay listed
 
 
-def test_save_and_load_round_trip(tiny_model, array, tmp_path):
-    session, obj = tracked_session(tiny_model, array, policy=ConfidencePolicy(min_iou=0.1))
+def test_save_and_load_round_trip(small_model, array, tmp_path):
+    session, obj = tracked_session(small_model, array, policy=ConfidencePolicy(min_iou=0.1))
     session.evict(obj, 5)
     session.pin(obj, 2)
     session.save(tmp_path / "case")
-    loaded = Session.load(tmp_path / "case", tiny_model, array)
+    loaded = Session.load(tmp_path / "case", small_model, array)
     assert loaded.policy == ConfidencePolicy(min_iou=0.1)
     assert loaded.stale == session.stale
     for a, b in zip(session.memory_entries(), loaded.memory_entries()):
@@ -140,7 +140,7 @@ def test_save_and_load_round_trip(tiny_model, array, tmp_path):
     second = {r.frame: r.objects[obj].mask for r in loaded.repropagate()}
     assert first.keys() == second.keys() and all(np.array_equal(first[f], second[f]) for f in first)
     with pytest.raises(VolumeError, match="different volume"):
-        Session.load(tmp_path / "case", tiny_model, array[::-1].copy())
+        Session.load(tmp_path / "case", small_model, array[::-1].copy())
 
 
 def _entry(descriptor, iou, label=""):
@@ -198,12 +198,12 @@ def test_a_malicious_bank_pickle_is_refused(tmp_path):
         MemoryLibrary.import_samed2_bank(path)
 
 
-def test_library_memories_join_propagation_and_can_be_evicted(tiny_model, array):
-    donor, donor_obj = tracked_session(tiny_model, array, library=MemoryLibrary())
+def test_library_memories_join_propagation_and_can_be_evicted(small_model, array):
+    donor, donor_obj = tracked_session(small_model, array, library=MemoryLibrary())
     assert donor.add_to_library(donor_obj, min_confidence=0.0, max_entries=3, label="blob") == 3
 
-    plain, plain_obj = tracked_session(tiny_model, array)
-    guided, guided_obj = tracked_session(tiny_model, array, library=donor.library, library_k=2)
+    plain, plain_obj = tracked_session(small_model, array)
+    guided, guided_obj = tracked_session(small_model, array, library=donor.library, library_k=2)
     library_rows = [r for r in guided.memory_entries() if r.source is EntrySource.LIBRARY]
     assert 1 <= len(library_rows) <= 3 and all(r.frame < 0 for r in library_rows)
     assert not torch.equal(logits(plain, plain_obj, 6), logits(guided, guided_obj, 6))

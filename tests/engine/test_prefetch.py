@@ -32,17 +32,17 @@ def segmented(session: Session) -> tuple[np.ndarray, dict]:
     return session.labels(), {f: e.low_res_logits for f, e in session.memories[obj].entries.items()}
 
 
-def test_frames_come_nearest_first_and_after_the_position_on_a_tie(tiny_model, array):
+def test_frames_come_nearest_first_and_after_the_position_on_a_tie(small_model, array):
     assert nearest(5, {3, 4, 6, 7}) == 6 and nearest(5, {3, 7}) == 7 and nearest(0, {9, 2}) == 2
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     steps = list(Prefetcher(session, lambda: 5).steps())
     assert [s.frame for s in steps] == [5, 6, 4, 7, 3, 8, 2, 9, 1, 10, 0, 11]
     assert [s.done for s in steps] == list(range(1, FRAMES + 1)) and steps[-1].finished
     assert all(s.encoded == (s.frame,) for s in steps) and session.frames_encoded == FRAMES
 
 
-def test_cached_frames_are_skipped(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_cached_frames_are_skipped(small_model, array):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(4, obj, click())
     list(session.propagate("forward", limits=(4, 6)))  # frames 4, 5, 6 encoded by tracking
@@ -53,8 +53,8 @@ def test_cached_frames_are_skipped(tiny_model, array):
     assert list(Prefetcher(session).steps())[-1].encoded == ()  # all cached: nothing to do
 
 
-def test_moving_the_position_reprioritises_what_is_left(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_moving_the_position_reprioritises_what_is_left(small_model, array):
+    session = Session(small_model, array)
     where = [2]
     prefetcher = Prefetcher(session, lambda: where[0])
     steps = prefetcher.steps()
@@ -67,10 +67,10 @@ def test_moving_the_position_reprioritises_what_is_left(tiny_model, array):
     assert [s.frame for s in prefetcher.steps()] == [7, 6, 5, 4, 0]
 
 
-def test_masks_and_features_are_identical_with_and_without_background_encoding(tiny_model, array):
-    plain = Session(tiny_model, array)
+def test_masks_and_features_are_identical_with_and_without_background_encoding(small_model, array):
+    plain = Session(small_model, array)
     labels, logits = segmented(plain)
-    prefetched = Session(tiny_model, array)
+    prefetched = Session(small_model, array)
     list(Prefetcher(prefetched, lambda: 7).steps())
     assert prefetched.frames_encoded == FRAMES
     labels_after, logits_after = segmented(prefetched)
@@ -98,11 +98,11 @@ def _blocking_encoder(model, monkeypatch):
     return inside, release
 
 
-def test_the_encoder_runs_without_the_lock_so_a_click_does_not_wait(tiny_model, array, monkeypatch):
-    session = Session(tiny_model, array)
+def test_the_encoder_runs_without_the_lock_so_a_click_does_not_wait(small_model, array, monkeypatch):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(3, obj, click())  # frame 3 encoded
-    inside, release = _blocking_encoder(tiny_model, monkeypatch)
+    inside, release = _blocking_encoder(small_model, monkeypatch)
     done = []
     thread = threading.Thread(target=lambda: done.append(session.prefetch(7)))
     thread.start()
@@ -120,9 +120,9 @@ def test_the_encoder_runs_without_the_lock_so_a_click_does_not_wait(tiny_model, 
     assert set(session.prompts[obj]) == {3, 7}
 
 
-def test_propagating_while_encoding_in_another_thread_gives_the_same_masks(tiny_model, array):
-    reference, _ = segmented(Session(tiny_model, array))
-    session = Session(tiny_model, array)
+def test_propagating_while_encoding_in_another_thread_gives_the_same_masks(small_model, array):
+    reference, _ = segmented(Session(small_model, array))
+    session = Session(small_model, array)
     errors: list[BaseException] = []
     seen: list[int] = []
 
@@ -143,9 +143,9 @@ def test_propagating_while_encoding_in_another_thread_gives_the_same_masks(tiny_
     assert FRAMES <= session.frames_encoded <= 2 * FRAMES  # a frame may be encoded by both, none lost
 
 
-def test_a_bad_frame_is_refused(tiny_model, array):
+def test_a_bad_frame_is_refused(small_model, array):
     with pytest.raises(IndexError, match="outside"):
-        Session(tiny_model, array).prefetch(FRAMES)
+        Session(small_model, array).prefetch(FRAMES)
 
 
 # batches -------------------------------------------------------------------------------------
@@ -169,11 +169,11 @@ def _counting_encoder(model, monkeypatch) -> list[int]:
     return sizes
 
 
-def test_batched_features_match_one_at_a_time_and_so_do_the_masks(tiny_model, array, monkeypatch):
-    single = Session(tiny_model, array)
+def test_batched_features_match_one_at_a_time_and_so_do_the_masks(small_model, array, monkeypatch):
+    single = Session(small_model, array)
     list(Prefetcher(single, lambda: 5, batch=1).steps())
-    batched = Session(tiny_model, array)
-    sizes = _counting_encoder(tiny_model, monkeypatch)
+    batched = Session(small_model, array)
+    sizes = _counting_encoder(small_model, monkeypatch)
     steps = list(Prefetcher(batched, lambda: 5, batch=4).steps())
     assert sizes == [4, 4, 4] and [s.frames for s in steps] == [(5, 6, 4, 7), (3, 8, 2, 9), (1, 10, 0, 11)]
     assert [s.encoded for s in steps] == [tuple(s.frames) for s in steps] and batched.frames_encoded == FRAMES
@@ -186,12 +186,12 @@ def test_batched_features_match_one_at_a_time_and_so_do_the_masks(tiny_model, ar
     assert labels.any() and all(_dice(labels[f] > 0, labels_batched[f] > 0) >= 0.99 for f in range(FRAMES))
 
 
-def test_a_batch_skips_cached_frames_and_every_frame_comes_once(tiny_model, array, monkeypatch):
-    session = Session(tiny_model, array)
+def test_a_batch_skips_cached_frames_and_every_frame_comes_once(small_model, array, monkeypatch):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(4, obj, click())
     list(session.propagate("forward", limits=(4, 6)))  # frames 4, 5, 6 encoded by tracking
-    sizes = _counting_encoder(tiny_model, monkeypatch)
+    sizes = _counting_encoder(small_model, monkeypatch)
     steps = list(Prefetcher(session, lambda: 5, batch=4).steps())
     visited = [f for s in steps for f in s.frames]
     assert sorted(visited) == list(range(FRAMES))  # each frame exactly once
@@ -200,9 +200,9 @@ def test_a_batch_skips_cached_frames_and_every_frame_comes_once(tiny_model, arra
     assert sum(sizes) == FRAMES - 3 and max(sizes) <= 4 and session.frames_encoded == FRAMES
 
 
-def test_auto_is_one_slice_a_batch_on_a_cpu(tiny_model, array):
-    assert auto_batch(tiny_model) == 1
-    prefetcher = Prefetcher(Session(tiny_model, array), lambda: 5)
+def test_auto_is_one_slice_a_batch_on_a_cpu(small_model, array):
+    assert auto_batch(small_model) == 1
+    prefetcher = Prefetcher(Session(small_model, array), lambda: 5)
     assert prefetcher.batch == "auto"
     assert all(len(s.frames) == 1 and s.encoded == s.frames for s in prefetcher.steps())
 
@@ -219,9 +219,9 @@ def test_auto_on_cuda_takes_half_the_free_memory_up_to_the_cap(monkeypatch):
 
 
 @pytest.mark.parametrize("batch", [0, -2, "x", 2.0, True, None])
-def test_a_bad_batch_is_refused(tiny_model, array, batch):
+def test_a_bad_batch_is_refused(small_model, array, batch):
     with pytest.raises(SessionError, match="batch must be"):
-        Prefetcher(Session(tiny_model, array), batch=batch)
+        Prefetcher(Session(small_model, array), batch=batch)
 
 
 class _FakeStream:

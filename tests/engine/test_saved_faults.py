@@ -121,8 +121,8 @@ def test_a_library_folder_that_cannot_be_created_is_named(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def saved(tiny_model, array, tmp_path_factory) -> Path:
-    session = Session(tiny_model, array)
+def saved(small_model, array, tmp_path_factory) -> Path:
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(0, obj, FramePrompt(np.array([[30.0, 26.0]]), [1]))
     list(session.propagate("forward", limits=(0, 3)))
@@ -155,26 +155,26 @@ SESSION_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage, message", SESSION_DAMAGE.values(), ids=SESSION_DAMAGE.keys())
-def test_a_damaged_saved_session_is_named(tiny_model, array, copy, damage, message):
+def test_a_damaged_saved_session_is_named(small_model, array, copy, damage, message):
     damage(copy)
     with pytest.raises(SavedStateError, match=message):
-        Session.load(copy, tiny_model, array)
+        Session.load(copy, small_model, array)
 
 
-def test_a_session_saved_for_another_volume_is_still_a_volume_error(tiny_model, array, copy):
+def test_a_session_saved_for_another_volume_is_still_a_volume_error(small_model, array, copy):
     with pytest.raises(VolumeError, match="different volume"):
-        Session.load(copy, tiny_model, array[::-1].copy())
+        Session.load(copy, small_model, array[::-1].copy())
 
 
 @pytest.mark.parametrize("which", ["tensors", "json"])
-def test_a_failed_session_save_keeps_the_earlier_one(tiny_model, array, copy, monkeypatch, which):
+def test_a_failed_session_save_keeps_the_earlier_one(small_model, array, copy, monkeypatch, which):
     before = snapshot(copy)
-    session = Session.load(copy, tiny_model, array)
+    session = Session.load(copy, small_model, array)
     session.segment_frame(5, session.add_object(), FramePrompt(np.array([[30.0, 36.0]]), [1]))
     fail_writing(monkeypatch, which)
     with pytest.raises(OutputFolderError, match="No space left on device.*unchanged"):
         session.save(copy)
     monkeypatch.undo()
     assert snapshot(copy) == before
-    assert Session.load(copy, tiny_model, array).object_ids == [1]
-    assert session.save(copy) and Session.load(copy, tiny_model, array).object_ids == [1, 2]
+    assert Session.load(copy, small_model, array).object_ids == [1]
+    assert session.save(copy) and Session.load(copy, small_model, array).object_ids == [1, 2]

@@ -16,8 +16,8 @@ def click(row=30.0, col=30.0, positive=True):
     return FramePrompt(np.array([[row, col]]), [1 if positive else 0])
 
 
-def test_embeddings_are_computed_once_per_frame(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_embeddings_are_computed_once_per_frame(small_model, array):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(5, obj, click())
     session.segment_frame(5, obj, FramePrompt(np.array([[30.0, 30.0], [5.0, 5.0]]), [1, 0]))
@@ -32,9 +32,9 @@ def test_embeddings_are_computed_once_per_frame(tiny_model, array):
     assert session.frames_encoded == FRAMES
 
 
-def test_a_small_memory_budget_spills_to_disk_and_still_avoids_recomputing(tiny_model, array):
+def test_a_small_memory_budget_spills_to_disk_and_still_avoids_recomputing(small_model, array):
     cache = EmbeddingCache(memory_bytes=1)  # keeps one frame in memory, the rest on disk
-    session = Session(tiny_model, array, cache=cache)
+    session = Session(small_model, array, cache=cache)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 26))
     list(session.propagate("forward"))
@@ -45,24 +45,24 @@ def test_a_small_memory_budget_spills_to_disk_and_still_avoids_recomputing(tiny_
     assert cache.stats.disk_hits >= FRAMES - 7
 
 
-def test_persistent_cache_survives_a_new_session(tiny_model, array, tmp_path):
-    first = Session(tiny_model, array, cache=EmbeddingCache(directory=tmp_path))
+def test_persistent_cache_survives_a_new_session(small_model, array, tmp_path):
+    first = Session(small_model, array, cache=EmbeddingCache(directory=tmp_path))
     first.segment_frame(3, first.add_object(), click())
     first.cache.flush()  # writes of GPU features run in the background: a second cache on the folder needs them done
-    again = Session(tiny_model, array.copy(), cache=EmbeddingCache(directory=tmp_path))
+    again = Session(small_model, array.copy(), cache=EmbeddingCache(directory=tmp_path))
     again.segment_frame(3, again.add_object(), click())
     # the position encodings come from the cached features' sizes: nothing is encoded
     assert again.frames_encoded == 0
     edited = array.copy()
     edited[3, 10, 10] += 1.0  # one voxel changed: a different frame, a different key
-    other = Session(tiny_model, edited, cache=EmbeddingCache(directory=tmp_path))
+    other = Session(small_model, edited, cache=EmbeddingCache(directory=tmp_path))
     other.segment_frame(4, other.add_object(), click())
     other.segment_frame(3, other.add_object(), click())
     assert other.frames_encoded == 2
 
 
-def test_correction_recomputes_only_frames_that_derive_from_it(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_correction_recomputes_only_frames_that_derive_from_it(small_model, array):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(6, obj, click(30, 37))
     list(session.propagate("both"))
@@ -76,10 +76,10 @@ def test_correction_recomputes_only_frames_that_derive_from_it(tiny_model, array
     assert not torch.equal(session.memories[obj].entries[1].low_res_logits, before[1])
 
 
-def test_marking_the_object_absent_on_a_tracked_frame_sticks(tiny_model, array):
+def test_marking_the_object_absent_on_a_tracked_frame_sticks(small_model, array):
     """The fix for a tracker that follows another structure past its object's end: the frame
     says "absent" (sam2's empty-mask answer), and tracking from it carries that memory."""
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(2, obj, click(30, 37))
     list(session.propagate("forward"))
@@ -93,8 +93,8 @@ def test_marking_the_object_absent_on_a_tracked_frame_sticks(tiny_model, array):
     assert not session.labels()[5].any()
 
 
-def test_cancelled_propagation_keeps_what_was_done(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_cancelled_propagation_keeps_what_was_done(small_model, array):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 26))
     done = []
@@ -109,10 +109,10 @@ def test_cancelled_propagation_keeps_what_was_done(tiny_model, array):
     assert rest == list(range(3, FRAMES))
 
 
-def test_objects_prompted_on_different_frames_run_in_float32(tiny_model, array):
+def test_objects_prompted_on_different_frames_run_in_float32(small_model, array):
     """Stock sam2 raises a dtype error here on the CPU (no object pointer before a later
     prompt leaves only bfloat16 memories); the engine hands memory attention float32."""
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     a, b = session.add_object(), session.add_object()
     session.segment_frame(2, a, click(30, 30))
     session.segment_frame(9, b, click(30, 43))
@@ -121,8 +121,8 @@ def test_objects_prompted_on_different_frames_run_in_float32(tiny_model, array):
     assert set(session.result(5).objects) == {a, b}
 
 
-def test_limits_and_start(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_limits_and_start(small_model, array):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(5, obj, click(30, 35))
     frames = [r.frame for r in session.propagate("both", limits=(3, 8))]
@@ -131,14 +131,14 @@ def test_limits_and_start(tiny_model, array):
         list(session.propagate("forward", limits=(0, 2)))
 
 
-def test_memory_kept_per_frame_is_what_attention_uses(tiny_model, array):
+def test_memory_kept_per_frame_is_what_attention_uses(small_model, array):
     """Per object and frame: bf16 memory features, a pointer and quarter-size logits."""
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 26))
     list(session.propagate("forward"))
     entry = session.memories[obj].entries[7]
-    size = tiny_model.image_size
+    size = small_model.image_size
     assert entry.maskmem_features.dtype == torch.bfloat16
     assert entry.maskmem_features.shape == (1, 64, size // 16, size // 16)
     assert entry.low_res_logits.shape == (1, 1, size // 4, size // 4)
@@ -147,8 +147,8 @@ def test_memory_kept_per_frame_is_what_attention_uses(tiny_model, array):
     assert per_frame < frame_tensor_bytes / 4
 
 
-def test_bad_prompts_are_refused_before_any_work(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_bad_prompts_are_refused_before_any_work(small_model, array):
+    session = Session(small_model, array)
     obj = session.add_object()
     with pytest.raises(PromptError, match="empty"):
         session.segment_frame(1, obj, FramePrompt())
@@ -165,10 +165,10 @@ def test_bad_prompts_are_refused_before_any_work(tiny_model, array):
     assert session.frames_encoded == 0 and not session.memories[obj].pending
 
 
-def test_nan_voxels_are_reported_and_do_not_poison_the_result(tiny_model, array):
+def test_nan_voxels_are_reported_and_do_not_poison_the_result(small_model, array):
     damaged = array.copy()
     damaged[4, :5, :5] = np.nan
-    session = Session(tiny_model, damaged)
+    session = Session(small_model, damaged)
     obj = session.add_object()
     with pytest.warns(RuntimeWarning, match="25 non-finite"):
         result = session.segment_frame(4, obj, click(30, 33))
@@ -176,20 +176,20 @@ def test_nan_voxels_are_reported_and_do_not_poison_the_result(tiny_model, array)
     assert result.objects[obj].mask.any()
 
 
-def test_rgb_video_and_other_axes(tiny_model):
+def test_rgb_video_and_other_axes(small_model):
     rng = np.random.default_rng(0)
     video = rng.integers(0, 255, (5, 48, 64, 3), dtype=np.uint8)
-    session = Session(tiny_model, video)
+    session = Session(small_model, video)
     assert session.volume.rgb and session.volume.frame_shape == (48, 64)
     session.segment_frame(0, session.add_object(), click(20, 20))
-    sideways = Session(tiny_model, rng.normal(size=(20, 30, 40)).astype(np.float32), axis=2)
+    sideways = Session(small_model, rng.normal(size=(20, 30, 40)).astype(np.float32), axis=2)
     assert len(sideways.volume) == 40 and sideways.volume.frame_shape == (20, 30)
     four_d = Volume(rng.normal(size=(2, 6, 30, 40)), axis=1, fixed={0: 1})
     assert len(four_d) == 6 and four_d.raw_frame(2).shape == (30, 40)
 
 
-def test_labels_volume_has_object_ids(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_labels_volume_has_object_ids(small_model, array):
+    session = Session(small_model, array)
     a, b = session.add_object(), session.add_object()
     session.segment_frame(0, a, click(30, 26))
     session.segment_frame(0, b, FramePrompt(box=(2, 60, 20, 78)))
@@ -199,8 +199,8 @@ def test_labels_volume_has_object_ids(tiny_model, array):
     assert not labels[1:].any()  # nothing propagated yet
 
 
-def test_clearing_a_prompt_turns_the_frame_back_into_a_tracked_one(tiny_model, array):
-    session = Session(tiny_model, array)
+def test_clearing_a_prompt_turns_the_frame_back_into_a_tracked_one(small_model, array):
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 26))
     list(session.propagate("forward"))
@@ -216,10 +216,10 @@ def test_clearing_a_prompt_turns_the_frame_back_into_a_tracked_one(tiny_model, a
         session.clear_prompt(3, obj)
 
 
-def test_a_click_during_propagation_lands_between_frames(tiny_model, array):
+def test_a_click_during_propagation_lands_between_frames(small_model, array):
     import threading
 
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     obj = session.add_object()
     session.segment_frame(0, obj, click(30, 26))
     frames = session.propagate("forward")

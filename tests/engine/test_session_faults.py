@@ -18,9 +18,9 @@ def masks_of(results, object_id) -> dict[int, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def alone(tiny_model, array) -> dict[int, np.ndarray]:
+def alone(small_model, array) -> dict[int, np.ndarray]:
     """Object 2's masks, propagated both ways from frame 3 with no other object around."""
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     session.segment_frame(3, session.add_object(2), click(30, 32))
     return masks_of(session.propagate("both", limits=(0, 6)), 2)
 
@@ -48,10 +48,10 @@ CHANGES = [remove_first, remove_both, remove_and_add_again, add_another]
 
 @pytest.mark.parametrize("after", [1, 4], ids=["forward pass", "backward pass"])
 @pytest.mark.parametrize("change", CHANGES)
-def test_objects_change_between_frames_of_a_run(tiny_model, array, alone, change, after):
+def test_objects_change_between_frames_of_a_run(small_model, array, alone, change, after):
     """As the GUI does: the worker calls next(), the user removes or adds an object between two
     frames. The run goes on for the objects it still has; the others keep their results."""
-    session = Session(tiny_model, array)
+    session = Session(small_model, array)
     session.segment_frame(3, session.add_object(1), click(30, 32))
     session.segment_frame(3, session.add_object(2), click(30, 32))
     run = session.propagate("both", limits=(0, 6))
@@ -70,8 +70,8 @@ def test_objects_change_between_frames_of_a_run(tiny_model, array, alone, change
         assert list(session.propagate("forward", limits=(0, 6)))
 
 
-def test_an_object_removed_during_repropagation_leaves_the_others_running(tiny_model, array, alone):
-    session = Session(tiny_model, array)
+def test_an_object_removed_during_repropagation_leaves_the_others_running(small_model, array, alone):
+    session = Session(small_model, array)
     for object_id in (1, 2):
         session.segment_frame(3, session.add_object(object_id), click(30, 32))
     list(session.propagate("both", limits=(0, 6)))
@@ -114,8 +114,8 @@ BAD_IDS = {
 
 
 @pytest.fixture
-def session(tiny_model, array):
-    session = Session(tiny_model, array)
+def session(small_model, array):
+    session = Session(small_model, array)
     session.add_object()
     return session
 
@@ -219,9 +219,9 @@ def test_bad_propagation_arguments_are_refused(session, options, error, message)
         "unknown policy", "not a policy",
     ],
 )
-def test_bad_session_options_are_refused(tiny_model, array, options, message):
+def test_bad_session_options_are_refused(small_model, array, options, message):
     with pytest.raises(SessionError, match=message):
-        Session(tiny_model, array, **options)
+        Session(small_model, array, **options)
 
 
 def test_numpy_integers_are_frames_and_ids(session):

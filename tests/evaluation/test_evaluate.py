@@ -1,5 +1,6 @@
-"""The harness end to end on the random-weight tiny model: both policies, the files it
-writes, and the clicks the engine received, replayed against the protocol."""
+"""The harness end to end on random-weight models (the demo architecture; the tiny one where
+a case needs its answers): both policies, the files it writes, and the clicks the engine
+received, replayed against the protocol."""
 
 from __future__ import annotations
 
@@ -50,11 +51,11 @@ def engine_calls(monkeypatch):
     return calls
 
 
-def test_both_policies_end_to_end_with_the_protocols_clicks(tiny_model, tmp_path, engine_calls):
+def test_both_policies_end_to_end_with_the_protocols_clicks(small_model, tmp_path, engine_calls):
     image, label = two_objects()
     out = tmp_path / "run"
     results = evaluate(
-        tiny_model, image, label, spacing=SPACING, name="discs", policies=["stock", "confidence"],
+        small_model, image, label, spacing=SPACING, name="discs", policies=["stock", "confidence"],
         clicks=2, seed=3, out=out,
     )
     records = results.records
@@ -102,10 +103,10 @@ def test_both_policies_end_to_end_with_the_protocols_clicks(tiny_model, tmp_path
     assert {s.clicks_to_target for s in results.summaries} <= {0, 1, 2, 3}
 
     with pytest.raises(ExistingFileError, match="already holds results"):
-        evaluate(tiny_model, image, label, spacing=SPACING, clicks=0, out=out)
+        evaluate(small_model, image, label, spacing=SPACING, clicks=0, out=out)
 
 
-def test_interrupted_run_keeps_finished_steps_in_a_partial_file(tiny_model, tmp_path, monkeypatch):
+def test_interrupted_run_keeps_finished_steps_in_a_partial_file(small_model, tmp_path, monkeypatch):
     image, label = two_objects()
     done = []
 
@@ -115,13 +116,13 @@ def test_interrupted_run_keeps_finished_steps_in_a_partial_file(tiny_model, tmp_
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate(tiny_model, image, label, spacing=SPACING, clicks=1, out=tmp_path, progress=stop_after_two)
+        evaluate(small_model, image, label, spacing=SPACING, clicks=1, out=tmp_path, progress=stop_after_two)
     assert not (tmp_path / "results.csv").exists() and not (tmp_path / "summary.md").exists()
     with (tmp_path / "results.partial.csv").open() as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 1]
 
 
-def test_library_memories_pass_from_one_case_to_the_next(tiny_model, monkeypatch):
+def test_library_memories_pass_from_one_case_to_the_next(small_model, monkeypatch):
     added = []
     original = Session.add_to_library
 
@@ -134,14 +135,14 @@ def test_library_memories_pass_from_one_case_to_the_next(tiny_model, monkeypatch
     library = MemoryLibrary()
     protocol = EvalProtocol(clicks=0)
     first = EvalCase.from_arrays(*two_objects(), spacing=SPACING, name="first")
-    list(run_case(tiny_model, first, protocol, "stock", library=library))
+    list(run_case(small_model, first, protocol, "stock", library=library))
     assert [a[:2] for a in added] == [(1, "first"), (2, "first")]
     stored = len(library)
     assert stored > 0
     seen = []
     monkeypatch.setattr(Session, "_retrieve", lambda self, *a: seen.append(len(self.library)) or None)
     second = EvalCase.from_arrays(*two_objects(shift=2), spacing=SPACING, name="second")
-    records = list(run_case(tiny_model, second, protocol, "stock", library=library, case_index=1))
+    records = list(run_case(small_model, second, protocol, "stock", library=library, case_index=1))
     assert seen and set(seen) == {stored}  # every tracked frame of the new case could retrieve them
     assert all(r.library for r in records)
 
@@ -154,7 +155,7 @@ def test_every_command_line_option_is_a_parameter_of_evaluate_cases():
     assert options <= parameters, options - parameters
 
 
-def test_the_protocols_converge_stop_reaches_the_re_propagation(tiny_model, monkeypatch):
+def test_the_protocols_converge_stop_reaches_the_re_propagation(small_model, monkeypatch):
     """The simulated user re-propagates with the protocol's converge-stop: the same clicks,
     fewer slices recomputed after them, and the rows name the protocol."""
     asked = []
@@ -167,10 +168,10 @@ def test_the_protocols_converge_stop_reaches_the_re_propagation(tiny_model, monk
     monkeypatch.setattr(Session, "repropagate", spy)
     case = EvalCase.from_arrays(*two_objects(shape=(12, 40, 48)), spacing=SPACING, name="long")
     rule = ConvergeStop(iou=0.9, frames=2)
-    full = list(run_case(tiny_model, case, EvalProtocol(clicks=1), "stock"))
+    full = list(run_case(small_model, case, EvalProtocol(clicks=1), "stock"))
     assert asked and set(asked) == {None}
     asked.clear()
-    stopped = list(run_case(tiny_model, case, EvalProtocol(clicks=1, converge=rule), "stock"))
+    stopped = list(run_case(small_model, case, EvalProtocol(clicks=1, converge=rule), "stock"))
     assert asked and set(asked) == {rule}
     assert {r.protocol for r in full} == {"box+1clicks"}
     assert {r.protocol for r in stopped} == {"box+1clicks+converge0.9x2"}
@@ -216,7 +217,7 @@ def test_the_user_marks_slices_without_the_object_absent_instead_of_clicking(tin
     assert "absent" not in {r.prompt for r in clicks_only}
 
 
-def test_the_protocols_intensity_window_is_what_the_session_sees(tiny_model, monkeypatch):
+def test_the_protocols_intensity_window_is_what_the_session_sees(small_model, monkeypatch):
     """As the panel's *Intensity window*: every session of the run windows the image with it,
     the rows and the report name it, and the images it is given in differ from the default's."""
     seen = []
@@ -229,24 +230,24 @@ def test_the_protocols_intensity_window_is_what_the_session_sees(tiny_model, mon
     monkeypatch.setattr(Session, "__init__", spy)
     image, label = two_objects()
     case = EvalCase.from_arrays(image * 1000.0 - 1000.0, label, spacing=SPACING, name="ct")
-    results = evaluate_cases(tiny_model, [case], clicks=0, window="ct:soft_tissue")
+    results = evaluate_cases(small_model, [case], clicks=0, window="ct:soft_tissue")
     assert seen == [IntensityWindow(-160.0, 240.0)]
     assert {r.protocol for r in results.records} == {"box+0clicks+window-160to240"}
     assert "Intensity window: -160 to 240." in summary_markdown(results, [])
     seen.clear()
-    evaluate_cases(tiny_model, [case], clicks=0, window=(-1000, 0))
-    evaluate_cases(tiny_model, [case], clicks=0)
+    evaluate_cases(small_model, [case], clicks=0, window=(-1000, 0))
+    evaluate_cases(small_model, [case], clicks=0)
     assert seen[0] == IntensityWindow(-1000.0, 0.0) and seen[1] == IntensityWindow.from_percentiles(case.image)
 
 
-def test_a_window_that_cannot_be_used_is_refused_before_any_work(tiny_model):
+def test_a_window_that_cannot_be_used_is_refused_before_any_work(small_model):
     from napari_samed2.evaluate import build_parser
 
     case = EvalCase.from_arrays(*two_objects(), spacing=SPACING, name="case")
     for bad, message in (("ct:heart", "unknown CT preset"), ("display", "contrast limits"), ((5, 1), "below low"),
                          ((1, 2, 3), r"\(low, high\)")):
         with pytest.raises(VolumeError, match=message):
-            evaluate_cases(tiny_model, [case], clicks=0, window=bad)
+            evaluate_cases(small_model, [case], clicks=0, window=bad)
     parser = build_parser()
     required = ["image", "label", "--out", "o"]
     assert parser.parse_args(required).window is None

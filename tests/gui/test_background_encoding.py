@@ -26,7 +26,7 @@ FRAMES = 12
 
 
 @pytest.fixture
-def make_panel(make_napari_viewer, tiny_model, monkeypatch):
+def make_panel(make_napari_viewer, small_model, monkeypatch):
     """A panel with background encoding on, on a volume shown at slice 5 (not yet started)."""
     monkeypatch.setattr(BackgroundEncoding, "on_by_default", True)
     monkeypatch.setattr(prefetch, "QUIET_MS", 100)
@@ -37,7 +37,7 @@ def make_panel(make_napari_viewer, tiny_model, monkeypatch):
         data[:, 20:40, 20:40] += 0.8
         viewer.add_image(data, name="mr")
         viewer.dims.set_current_step(0, 5)
-        shared_state(viewer).set_model(tiny_model)
+        shared_state(viewer).set_model(small_model)
         panel = SegmentationPanel(viewer)
         viewer.window.add_dock_widget(panel)
         return panel

@@ -29,11 +29,11 @@ def _volume() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def saved_session(tiny_model, tmp_path_factory):
+def saved_session(small_model, tmp_path_factory):
     """Two objects prompted on slice 0 and propagated forward, once per module (it takes
     the CPU half a minute); each test loads its own copy, so changes do not leak."""
     volume, cache = _volume(), EmbeddingCache()
-    session = Session(tiny_model, volume, cache=cache)
+    session = Session(small_model, volume, cache=cache)
     for click in ((26, 32), (6, 6)):
         object_id = session.add_object()
         session.segment_frame(0, object_id, FramePrompt.clicks(positive=[click]))
@@ -42,9 +42,9 @@ def saved_session(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture
-def session(saved_session, tiny_model):
+def session(saved_session, small_model):
     folder, volume, cache = saved_session
-    return Session.load(folder, tiny_model, volume, cache=cache)
+    return Session.load(folder, small_model, volume, cache=cache)
 
 
 @pytest.fixture

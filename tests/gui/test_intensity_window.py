@@ -36,8 +36,8 @@ def _choose(panel, window: str) -> str:
     return panel.status.text()
 
 
-def test_a_ct_window_chosen_before_starting_is_the_one_the_model_sees(make_napari_viewer, tiny_model):
-    panel = _new_panel(make_napari_viewer, tiny_model, _ct())
+def test_a_ct_window_chosen_before_starting_is_the_one_the_model_sees(make_napari_viewer, small_model):
+    panel = _new_panel(make_napari_viewer, small_model, _ct())
     assert panel.window_choice.currentData() == "auto"
     assert "New segmentation will window" in _choose(panel, "ct:soft_tissue")
     assert panel.session is None  # nothing starts by itself
@@ -70,7 +70,7 @@ def test_changing_the_window_mid_segmentation_re_segments_the_prompted_slices(pa
     assert panel.session is not session and panel.session.volume.normalise == IntensityWindow(0.0, 0.8)
 
 
-def test_a_window_is_refused_while_a_job_runs_without_a_model_or_for_a_colour_image(panel, make_napari_viewer, tiny_model):
+def test_a_window_is_refused_while_a_job_runs_without_a_model_or_for_a_colour_image(panel, make_napari_viewer, small_model):
     session = panel.session
     panel._worker = object()  # a job running
     try:
@@ -83,7 +83,7 @@ def test_a_window_is_refused_while_a_job_runs_without_a_model_or_for_a_colour_im
     assert panel.session is session and panel.window_choice.currentData() == "auto"
 
     rgb = np.zeros((4, 32, 32, 3), np.uint8)
-    colour = _new_panel(make_napari_viewer, tiny_model, rgb, rgb=True)
+    colour = _new_panel(make_napari_viewer, small_model, rgb, rgb=True)
     _choose(colour, "ct:soft_tissue")
     assert not colour.start()
     assert "grayscale" in colour.status.text() and colour.session is None

@@ -13,12 +13,12 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def docked(make_napari_viewer, tiny_model):
+def docked(make_napari_viewer, small_model):
     """The launcher's panels on an image, a model loaded, a segmentation started."""
     viewer = make_napari_viewer()
     viewer.add_image(_volume(), name="mr")
     widgets = dock_all_widgets(viewer)
-    shared_state(viewer).set_model(tiny_model)
+    shared_state(viewer).set_model(small_model)
     panel = widgets["Segmentation"]
     assert panel.start()
     return viewer, panel, widgets["Memory bank inspector"]

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "segment_from_script.py"
 
 
-def test_script_example_fills_a_labels_layer_from_a_worker(make_napari_viewer, tiny_model, qtbot):
+def test_script_example_fills_a_labels_layer_from_a_worker(make_napari_viewer, small_model, qtbot):
     spec = importlib.util.spec_from_file_location("segment_from_script", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
@@ -21,7 +21,7 @@ def test_script_example_fills_a_labels_layer_from_a_worker(make_napari_viewer, t
     viewer = make_napari_viewer()
     seen = []
     session, layer, worker = example.segment_in_viewer(
-        viewer, tiny_model, sample.image, 4, (rows.mean(), cols.mean()), sample.spacing
+        viewer, small_model, sample.image, 4, (rows.mean(), cols.mean()), sample.spacing
     )
     worker.yielded.connect(lambda result: seen.append(result.frame))
     assert worker.is_running  # the call returned at once; the model works in the background

@@ -25,11 +25,11 @@ def _volume(frames=8, size=64):
 
 
 @pytest.fixture
-def panel(make_napari_viewer, tiny_model, qtbot):
+def panel(make_napari_viewer, small_model, qtbot):
     """A started segmentation on an image with non-unit scale and a translate."""
     viewer = make_napari_viewer()
     viewer.add_image(_volume(), name="mr", scale=(3.0, 0.5, 0.5), translate=(10.0, -4.0, 2.0))
-    shared_state(viewer).set_model(tiny_model)
+    shared_state(viewer).set_model(small_model)
     panel = SegmentationPanel(viewer)
     viewer.window.add_dock_widget(panel)
     assert panel.start_button.isEnabled()
@@ -68,7 +68,7 @@ NIFTI_GEOMETRY_FIELDS = (
 )
 
 
-def test_labels_of_a_nifti_image_are_saved_with_its_header_geometry(make_napari_viewer, tiny_model, tmp_path):
+def test_labels_of_a_nifti_image_are_saved_with_its_header_geometry(make_napari_viewer, small_model, tmp_path):
     """The output layer of an image read from NIfTI, saved with the plugin's writer (napari's
     Save Layer), has the image's header geometry exactly: affine, qform and sform with their
     codes, pixdim with qfac, origin. Before, it was saved from scale and translate alone: the
@@ -96,7 +96,7 @@ def test_labels_of_a_nifti_image_are_saved_with_its_header_geometry(make_napari_
     (data, kwargs, kind), = read_image(tmp_path / "t1.nii.gz")
     assert kind == "image"
     viewer.add_image(data, **kwargs)
-    shared_state(viewer).set_model(tiny_model)
+    shared_state(viewer).set_model(small_model)
     panel = SegmentationPanel(viewer)
     assert panel.start()
     labels = panel.output_layer
@@ -330,12 +330,12 @@ def test_repropagate_request_from_the_inspector_runs_here(panel, qtbot):
     assert not panel.session.stale[1]
 
 
-def test_rgb_video_is_segmented_frame_by_frame(make_napari_viewer, tiny_model, qtbot):
+def test_rgb_video_is_segmented_frame_by_frame(make_napari_viewer, small_model, qtbot):
     grey = (np.clip(_volume(frames=5), 0, 1) * 255).astype(np.uint8)
     video = np.stack([grey, grey // 2, grey], axis=-1)  # (T, Y, X, 3)
     viewer = make_napari_viewer()
     viewer.add_image(video, rgb=True, name="video")
-    shared_state(viewer).set_model(tiny_model)
+    shared_state(viewer).set_model(small_model)
     panel = SegmentationPanel(viewer)
     assert panel.axis_choice.value() == 0  # time
     assert panel.start()
@@ -346,12 +346,12 @@ def test_rgb_video_is_segmented_frame_by_frame(make_napari_viewer, tiny_model, q
     np.testing.assert_array_equal(panel.output_layer.data, panel.session.labels())
 
 
-def test_4d_image_is_segmented_at_the_time_point_on_screen(make_napari_viewer, tiny_model, qtbot):
+def test_4d_image_is_segmented_at_the_time_point_on_screen(make_napari_viewer, small_model, qtbot):
     series = np.stack([_volume(frames=6), _volume(frames=6)[:, ::-1]])  # (T, Z, Y, X)
     viewer = make_napari_viewer()
     viewer.add_image(series, name="4d")
     viewer.dims.set_current_step(0, 1)
-    shared_state(viewer).set_model(tiny_model)
+    shared_state(viewer).set_model(small_model)
     panel = SegmentationPanel(viewer)
     assert panel.axis_choice.value() == 1  # Z, the last axis not on screen
     assert panel.start()

@@ -229,10 +229,10 @@ def _panel_on_file(make_napari_viewer, model, path):
 
 
 def test_an_image_from_a_file_autosaves_next_to_it_else_in_the_data_folder(
-    make_napari_viewer, tiny_model, qtbot, tmp_path, private_data_dir
+    make_napari_viewer, small_model, qtbot, tmp_path, private_data_dir
 ):
     path = _image_file(tmp_path)
-    panel = _panel_on_file(make_napari_viewer, tiny_model, path)
+    panel = _panel_on_file(make_napari_viewer, small_model, path)
     assert panel.work.image_path == path
     folder = _wait_autosave(panel, qtbot, _run, panel, qtbot, _click, panel, 3, 33, 32)
     assert folder.parent.parent == tmp_path / "scan.tif.samed2"
@@ -242,7 +242,7 @@ def test_an_image_from_a_file_autosaves_next_to_it_else_in_the_data_folder(
     blocked.mkdir()
     path = _image_file(blocked, "other.tif")
     (blocked / "other.tif.samed2").write_text("a file where the folder would go")  # cannot be created
-    panel = _panel_on_file(make_napari_viewer, tiny_model, path)
+    panel = _panel_on_file(make_napari_viewer, small_model, path)
     folder = _wait_autosave(panel, qtbot, _run, panel, qtbot, _click, panel, 3, 33, 32)
     assert private_data_dir in folder.parents
 

@@ -17,12 +17,12 @@ pytestmark = pytest.mark.gui
 WAIT_MS = 120_000
 
 
-def _started_propagation(make_napari_viewer, tiny_model, qtbot, slices_before: int = 2):
+def _started_propagation(make_napari_viewer, small_model, qtbot, slices_before: int = 2):
     viewer = make_napari_viewer()
     data = np.random.default_rng(0).normal(0.1, 0.02, (16, 64, 64)).astype(np.float32)
     data[:, 20:40, 20:40] += 0.8
     image = viewer.add_image(data, name="mr")
-    shared_state(viewer).set_model(tiny_model)
+    shared_state(viewer).set_model(small_model)
     panel = SegmentationPanel(viewer)
     viewer.window.add_dock_widget(panel)
     assert panel.start()
@@ -36,8 +36,8 @@ def _started_propagation(make_napari_viewer, tiny_model, qtbot, slices_before: i
     return viewer, image, panel
 
 
-def test_closing_the_viewer_after_deleting_the_image_mid_run_waits_for_the_worker(make_napari_viewer, tiny_model, qtbot):
-    viewer, image, panel = _started_propagation(make_napari_viewer, tiny_model, qtbot)
+def test_closing_the_viewer_after_deleting_the_image_mid_run_waits_for_the_worker(make_napari_viewer, small_model, qtbot):
+    viewer, image, panel = _started_propagation(make_napari_viewer, small_model, qtbot)
     worker = panel._worker
     viewer.layers.remove(image)  # ends the session and cancels the run
     viewer.close()
@@ -45,8 +45,8 @@ def test_closing_the_viewer_after_deleting_the_image_mid_run_waits_for_the_worke
     assert panel.session is None
 
 
-def test_shutdown_cancels_queued_work_and_returns_once_the_worker_stopped(make_napari_viewer, tiny_model, qtbot):
-    _viewer, _image, panel = _started_propagation(make_napari_viewer, tiny_model, qtbot, slices_before=1)
+def test_shutdown_cancels_queued_work_and_returns_once_the_worker_stopped(make_napari_viewer, small_model, qtbot):
+    _viewer, _image, panel = _started_propagation(make_napari_viewer, small_model, qtbot, slices_before=1)
     worker = panel._worker
     panel.points_layer.add([4, 30, 30])  # a click while the run goes on: queued behind it
     assert len(panel._jobs) == 1
