@@ -47,7 +47,12 @@ def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path):
         _train(tmp_path, out=blocker / "run")  # checked before the (missing) model is even looked at
 
 
-@pytest.mark.parametrize("options, message", [({"steps": 0}, "steps must be at least 1"), ({"lr": 0}, "lr must be positive")])
+@pytest.mark.parametrize("options, message", [
+    ({"steps": 0}, "steps must be at least 1"),
+    ({"lr": 0}, "lr must be positive"),
+    ({"box_noise": 1.5}, "box_noise is a share of the box side"),
+    ({"single_slice_prob": 0.5, "prompt_probs": {"mask": 1.0}}, "single-slice clips need box or click prompts"),
+])
 def test_settings_out_of_range(tmp_path, options, message):
     with pytest.raises(TrainingError, match=message):
         _train(tmp_path, **options)

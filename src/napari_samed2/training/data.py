@@ -159,8 +159,9 @@ def sample_prompt(
     mask: np.ndarray, kind: str, rng: np.random.Generator, spacing=(1.0, 1.0), box_noise: float = BOX_NOISE
 ) -> FramePrompt:
     """A prompt for one slice's object ``mask``: ``"box"`` (the tight box, each corner moved by
-    ``N(0, box_noise x box side)``, at most :data:`BOX_NOISE_MAX_PX`; SAM-2 trains with 0.1), ``"click"`` (one positive click at the object's centre, as the click
-    simulator places it) or ``"mask"`` (the mask itself)."""
+    ``N(0, box_noise x box side)``, at most :data:`BOX_NOISE_MAX_PX`; SAM-2 trains with 0.1),
+    ``"click"`` (one positive click at the object's centre, as the click simulator places it)
+    or ``"mask"`` (the mask itself)."""
     if kind == "mask":
         return FramePrompt(mask=mask)
     if kind == "click":

@@ -99,11 +99,11 @@ class TrainConfig:
         for name in ("reverse_prob", "middle_start_prob", "end_start_prob", "single_slice_prob"):
             check_share(name, getattr(self, name))
         check_box_noise(self.box_noise)
-        if self.single_slice_prob:
-            single_slice_prompt_probs(self.prompt_probs)
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise TrainingError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         object.__setattr__(self, "prompt_probs", check_prompt_probs(self.prompt_probs))
+        if self.single_slice_prob:
+            single_slice_prompt_probs(self.prompt_probs)
         if self.clip_length == 1 and self.prompt_probs.get("mask", 0.0) > 0:
             raise TrainingError(
                 "a 1-slice clip prompted with its own mask has nothing to learn (SAM-2 passes the mask "
