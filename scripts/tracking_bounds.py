@@ -51,11 +51,11 @@ def propagated(model, image: np.ndarray, frame: int, prompt: FramePrompt, cache)
     return out
 
 
-def inside_box(mask: np.ndarray) -> np.ndarray:
-    """The pixels of ``box_prompt(mask)``'s box."""
-    r0, c0, r1, c1 = (int(v) for v in bounding_box(mask))
-    box = np.zeros_like(mask)
-    box[r0:r1 + 2, c0:c1 + 2] = True
+def inside_box(prompt: FramePrompt, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels of ``prompt``'s box."""
+    r0, c0, r1, c1 = (int(v) for v in prompt.box)
+    box = np.zeros(shape, bool)
+    box[r0:r1 + 1, c0:c1 + 1] = True
     return box
 
 
@@ -69,8 +69,9 @@ def bounds(model, image: np.ndarray, truth: np.ndarray, spacing, errors: np.ndar
     every = np.zeros_like(truth)
     clipped = np.zeros_like(truth)
     for z in present:
-        every[z] = session.segment_frame(int(z), 1, box_prompt(truth[z])).objects[1].mask
-        box = inside_box(truth[z])
+        prompt = box_prompt(truth[z])
+        every[z] = session.segment_frame(int(z), 1, prompt).objects[1].mask
+        box = inside_box(prompt, truth[z].shape)
         clipped[z] = every[z] & box
         wrong = every[z] & ~truth[z]
         errors += [(wrong & ~box).sum(), (wrong & box).sum(), (truth[z] & ~every[z]).sum()]

@@ -284,9 +284,7 @@ class ClipSampler:
             return self._sample_single_slice()
         if self.ends and rng.random() < self.end_start_prob:
             return self._sample_end(self.ends[int(rng.integers(len(self.ends)))])
-        pair = self.pairs[int(rng.integers(len(self.pairs)))]
-        ids = sorted(pair.objects)
-        object_id = ids[int(rng.integers(len(ids)))]
+        pair, object_id = self._pick_object()
         reverse = bool(rng.random() < self.reverse_prob)
         present = pair.objects[object_id]
         n, k = len(pair), self.clip_length
@@ -298,14 +296,17 @@ class ClipSampler:
             start = int(candidates[int(rng.integers(len(candidates)))])
         return make_clip(pair, object_id, self._frames(start, reverse, n), self._kind(), rng, self.box_noise)
 
-    def _sample_single_slice(self) -> Clip:
-        rng = self.rng
-        pair = self.pairs[int(rng.integers(len(self.pairs)))]
+    def _pick_object(self) -> tuple[VolumePair, int]:
+        """A volume, then one of its objects, each uniformly."""
+        pair = self.pairs[int(self.rng.integers(len(self.pairs)))]
         ids = sorted(pair.objects)
-        object_id = ids[int(rng.integers(len(ids)))]
+        return pair, ids[int(self.rng.integers(len(ids)))]
+
+    def _sample_single_slice(self) -> Clip:
+        pair, object_id = self._pick_object()
         present = pair.objects[object_id]
-        frame = int(present[int(rng.integers(len(present)))])
-        return make_clip(pair, object_id, (frame,), self._kind(self.single_slice_probs), rng, self.box_noise)
+        frame = int(present[int(self.rng.integers(len(present)))])
+        return make_clip(pair, object_id, (frame,), self._kind(self.single_slice_probs), self.rng, self.box_noise)
 
     def _frames(self, start: int, reverse: bool, n: int) -> tuple[int, ...]:
         """Up to ``clip_length`` slices from ``start`` in tracking order, within ``n`` slices."""
