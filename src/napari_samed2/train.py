@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--single-slice", type=float, dest="single_slice_prob", metavar="P",
                    help="share of clips that are one slice (a box or a click), to train the 2D model alongside "
                         f"tracking (default: {d.single_slice_prob})")
+    p.add_argument("--revive", type=float, dest="revive_prob", metavar="P",
+                   help="share of clips that start before their object, told 'not on this slice', with a correction "
+                        f"click where the object appears (default: {d.revive_prob})")
     p.add_argument("--box-noise", type=float, metavar="S",
                    help=f"box prompt jitter, a share of the box side (default: SAM-2's {d.box_noise})")
     p.add_argument("--correction-frames", type=int, help=f"frames per clip with simulated correction clicks (default: {d.correction_frames})")

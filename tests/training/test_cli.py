@@ -96,6 +96,7 @@ def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, caps
         "--clip-length", "2", "--correction-frames", "0", "--prompt-probs", "box=0.5,click=0.25,mask=0.25",
         "--loss-weights", "dice=20", "--sample-volumes", "1", "--val-every", "2", "--device", "cpu", "--out", str(out),
         "--middle-start", "0.5", "--end-start", "0.25", "--single-slice", "0.5", "--box-noise", "0.03",
+        "--revive", "0.25", "--correction-clicks", "1",
     ])
     assert code == 0, capsys.readouterr().err
     model = load_model(out / "best.safetensors", device="cpu")
@@ -104,7 +105,7 @@ def test_the_demo_recipe_trains_from_scratch_on_synthetic_volumes(tmp_path, caps
         str(out / "model.safetensors"), framework="pt").metadata()["config"])
     assert config["prompt_probs"] == {"box": 0.5, "click": 0.25, "mask": 0.25}
     assert config["middle_start_prob"] == 0.5 and config["end_start_prob"] == 0.25
-    assert config["single_slice_prob"] == 0.5 and config["box_noise"] == 0.03
+    assert config["single_slice_prob"] == 0.5 and config["box_noise"] == 0.03 and config["revive_prob"] == 0.25
     assert config["loss_weights"] == {"focal": 20.0, "dice": 20.0, "iou": 1.0, "object_score": 1.0}
     metadata = __import__("safetensors").safe_open(str(out / "model.safetensors"), framework="pt").metadata()
     assert metadata["data"] == "synthetic volumes 0-1 of stream 0, sample family volumes 1-1"

@@ -119,6 +119,35 @@ def test_single_slice_clips_mix_with_tracking_clips_and_are_never_mask_prompted(
         _clips(0, single_slice_prob=2.0)
 
 
+def test_revival_clips_start_before_their_object_told_absent_with_a_click_due_where_it_appears():
+    """A click where tracking had lost the object fixed that slice alone (run 8): revival
+    clips teach that a click overrides an "absent" memory and the next slices follow."""
+    pairs = _stacked_objects()
+    sampler = ClipSampler(pairs, np.random.default_rng(0), clip_length=6, revive_prob=1.0)
+    clips = [sampler.sample() for _ in range(40)]
+    assert {clip.reverse for clip in clips} == {True, False}
+    gaps = set()
+    for clip in clips:
+        assert clip.prompt_kind == "absent" and clip.prompt.mask is not None and not clip.prompt.mask.any()
+        (gap,) = clip.correct_at
+        gaps.add(gap)
+        assert 1 <= gap <= 3  # at most half the clip before the object
+        assert not clip.masks[:gap].any() and clip.masks[gap].any()  # its first slice, in tracking order
+    assert gaps == {1, 2, 3}
+    plain = _clips(0, 40)
+    assert all(clip.correct_at == () and clip.prompt_kind != "absent" for clip in plain)  # off by default
+    # an object on the volume's first and last slices has no slice before it: a plain clip instead
+    label = np.zeros((6, 16, 16), np.uint8)
+    label[:, 4:10, 4:10] = 1
+    everywhere = ClipSampler([make_pair(label.astype(np.float32), label)], np.random.default_rng(0), clip_length=4,
+                             revive_prob=1.0)
+    assert all(clip.prompt_kind != "absent" and clip.masks[0].any() for clip in (everywhere.sample() for _ in range(10)))
+    with pytest.raises(TrainingError, match="revive_prob"):
+        ClipSampler(pairs, np.random.default_rng(0), revive_prob=1.5)
+    with pytest.raises(TrainingError, match="is on slice 2: an 'absent' prompt there is wrong"):
+        make_clip(pairs[0], 1, [2, 3], "absent", np.random.default_rng(0))
+
+
 def test_box_noise_sets_how_far_box_corners_move():
     mask = np.zeros((64, 64), bool)
     mask[20:40, 10:50] = True

@@ -65,6 +65,23 @@ def test_a_batch_step_averages_the_gradients_of_its_clips(fresh_model, tmp_path,
         torch.testing.assert_close(g, e * scale, rtol=1e-4, atol=1e-6)
 
 
+def test_a_revival_clip_is_clicked_where_its_object_appears_and_trains(fresh_model, tmp_path):
+    trainer = _trainer(fresh_model, tmp_path, clip_length=4, revive_prob=1.0, correction_clicks=1)
+    clip = trainer.sampler.sample()
+    assert clip.prompt_kind == "absent" and clip.correct_at
+    assert set(clip.correct_at) <= set(trainer.correction_frames(clip))
+    fresh_model.sam.eval()
+    with torch.no_grad():
+        outputs = forward_clip(fresh_model, clip, correct=clip.correct_at, clicks=1, rng=np.random.default_rng(0))
+    (gap,) = clip.correct_at
+    assert outputs.clicks == 1 and len(outputs.outputs[gap]) == 2  # tracked, then clicked
+    assert outputs.memory.entries[gap].conditioning and outputs.memory.entries[0].object_score < 0
+    loss, terms, _ = trainer.train_step(clip)
+    assert np.isfinite(loss) and terms["dice"] > 0
+    with pytest.raises(Exception, match="revival clips .* correction_clicks >= 1"):
+        TrainConfig(revive_prob=0.5, correction_clicks=0)
+
+
 def test_batch_is_a_setting_of_its_own():
     assert TrainConfig(batch=4).batch == 4
     with pytest.raises(Exception, match="batch must be at least 1"):

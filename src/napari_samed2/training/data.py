@@ -27,6 +27,8 @@ from napari_samed2.io.intensity import IntensityWindow
 #: half the clips start from the ground-truth mask, a quarter from a box, a quarter from a click.
 PROMPT_PROBS: dict[str, float] = {"mask": 0.5, "box": 0.25, "click": 0.25}
 PROMPT_KINDS = ("mask", "box", "click")
+#: The prompt of a revival clip's first slice, where its object is not: "Not on this slice".
+ABSENT = "absent"
 BOX_NOISE = 0.1  # box corners move by N(0, 0.1 x box side) ...
 BOX_NOISE_MAX_PX = 20.0  # ... at most 20 px, as in SAM-2's training
 
@@ -134,8 +136,10 @@ class Clip:
 
     ``volume``: the clip's slices (normalised with the whole source volume's window, so
     intensities match what the engine sees on that volume); ``masks``: ``(K, H, W)`` bool,
-    the object on each clip frame (frame 0 always holds it); ``prompt``: on frame 0;
-    ``frames``: the source slice index of each clip frame (descending when ``reverse``).
+    the object on each clip frame (frame 0 holds it, except in a revival clip, whose prompt
+    says it is absent there); ``prompt``: on frame 0; ``frames``: the source slice index of
+    each clip frame (descending when ``reverse``); ``correct_at``: clip frames that must get
+    correction clicks (a revival clip's first slice with the object).
     """
 
     volume: Volume
@@ -146,6 +150,7 @@ class Clip:
     object_id: int
     frames: tuple[int, ...]
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    correct_at: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -239,6 +244,12 @@ class ClipSampler:
     unlearn it. With ``single_slice_prob`` a clip is one slice where its object is (a box or
     a click, never the mask), so that one run trains the 2D model and tracking together: image
     steps alone after the tracking stages were measured to cost tracking what they gave 2D.
+    With ``revive_prob`` a clip starts 1 to ``clip_length // 2`` slices before its object
+    appears (in the tracking direction), prompted "not on this slice", and its first slice
+    with the object gets correction clicks (``correct_at``): the model learns that a click
+    revives an object its memory says is absent, and that the slices after follow it. Measured
+    on the demo model (run 8): a positive click on a slice where tracking had lost the object
+    fixed that slice alone, the next slices staying empty, so clicks added under a point each.
     ``box_noise``: the jitter of box prompts (see :func:`sample_prompt`).
     """
 
@@ -253,6 +264,7 @@ class ClipSampler:
         middle_start_prob: float = 0.0,
         end_start_prob: float = 0.0,
         single_slice_prob: float = 0.0,
+        revive_prob: float = 0.0,
         box_noise: float = BOX_NOISE,
     ):
         if clip_length < 1:
@@ -261,6 +273,7 @@ class ClipSampler:
         check_share("middle_start_prob", middle_start_prob)
         check_share("end_start_prob", end_start_prob)
         check_share("single_slice_prob", single_slice_prob)
+        check_share("revive_prob", revive_prob)
         check_box_noise(box_noise)
         self.pairs = pairs
         self.rng = rng
@@ -271,6 +284,7 @@ class ClipSampler:
         self.end_start_prob = end_start_prob
         self.single_slice_prob = single_slice_prob
         self.single_slice_probs = single_slice_prompt_probs(self.prompt_probs) if single_slice_prob else {}
+        self.revive_prob = revive_prob
         self.box_noise = box_noise
         self.ends = neighboured_ends(pairs, clip_length) if end_start_prob else []
 
@@ -284,6 +298,10 @@ class ClipSampler:
             return self._sample_single_slice()
         if self.ends and rng.random() < self.end_start_prob:
             return self._sample_end(self.ends[int(rng.integers(len(self.ends)))])
+        if self.revive_prob and self.clip_length > 1 and rng.random() < self.revive_prob:
+            revival = self._sample_revival()
+            if revival is not None:
+                return revival
         pair, object_id = self._pick_object()
         reverse = bool(rng.random() < self.reverse_prob)
         present = pair.objects[object_id]
@@ -307,6 +325,22 @@ class ClipSampler:
         present = pair.objects[object_id]
         frame = int(present[int(self.rng.integers(len(present)))])
         return make_clip(pair, object_id, (frame,), self._kind(self.single_slice_probs), self.rng, self.box_noise)
+
+    def _sample_revival(self) -> Clip | None:
+        """A clip started ``gap`` slices before its object's first slice (in the tracking
+        direction), at most half the clip, with the "absent" prompt, its clicks due at clip
+        frame ``gap``; ``None`` when the object starts on the volume's first slice that way."""
+        pair, object_id = self._pick_object()
+        reverse = bool(self.rng.random() < self.reverse_prob)
+        present, n = pair.objects[object_id], len(pair)
+        first = int(present.max()) if reverse else int(present.min())
+        lead = min(n - 1 - first if reverse else first, self.clip_length // 2)
+        if lead < 1:
+            return None
+        gap = int(self.rng.integers(1, lead + 1))
+        start = first + gap if reverse else first - gap
+        return make_clip(pair, object_id, self._frames(start, reverse, n), ABSENT, self.rng, self.box_noise,
+                         correct_at=(gap,))
 
     def _frames(self, start: int, reverse: bool, n: int) -> tuple[int, ...]:
         """Up to ``clip_length`` slices from ``start`` in tracking order, within ``n`` slices."""
@@ -371,17 +405,22 @@ def neighboured_ends(pairs: list[VolumePair], clip_length: int) -> list[ObjectEn
 
 def make_clip(
     pair: VolumePair, object_id: int, frames: Iterable[int], kind: str, rng: np.random.Generator,
-    box_noise: float = BOX_NOISE,
+    box_noise: float = BOX_NOISE, correct_at: tuple[int, ...] = (),
 ) -> Clip:
     """The clip of ``pair`` over ``frames`` (in tracking order) for ``object_id``, prompted on
-    its first frame with a prompt of ``kind``."""
+    its first frame with a prompt of ``kind`` (:data:`ABSENT`: the object is not there)."""
     frames = tuple(int(f) for f in frames)
     index = list(frames)
     images = np.stack([np.asarray(pair.image[f]) for f in index])
     masks = np.stack([np.asarray(pair.label[f]) == object_id for f in index])
-    if not masks[0].any():
+    if kind == ABSENT:
+        if masks[0].any():
+            raise TrainingError(f"object {object_id} of {pair.name} is on slice {frames[0]}: an 'absent' prompt there is wrong")
+        prompt = FramePrompt.absent(masks[0].shape)
+    elif not masks[0].any():
         raise TrainingError(f"object {object_id} of {pair.name} is absent from slice {frames[0]}: a clip starts where its object is")
-    prompt = sample_prompt(masks[0], kind, rng, pair.spacing[1:], box_noise)
+    else:
+        prompt = sample_prompt(masks[0], kind, rng, pair.spacing[1:], box_noise)
     return Clip(
         volume=Volume(images, normalise=pair.window),
         masks=masks,
@@ -391,4 +430,5 @@ def make_clip(
         object_id=object_id,
         frames=frames,
         spacing=pair.spacing,
+        correct_at=tuple(correct_at),
     )

@@ -77,6 +77,7 @@ class TrainConfig:
     middle_start_prob: float = 0.0
     end_start_prob: float = 0.0
     single_slice_prob: float = 0.0
+    revive_prob: float = 0.0
     box_noise: float = BOX_NOISE
     correction_frames: int = 2
     correction_clicks: int = 1
@@ -96,8 +97,10 @@ class TrainConfig:
                 raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
-        for name in ("reverse_prob", "middle_start_prob", "end_start_prob", "single_slice_prob"):
+        for name in ("reverse_prob", "middle_start_prob", "end_start_prob", "single_slice_prob", "revive_prob"):
             check_share(name, getattr(self, name))
+        if self.revive_prob and not self.correction_clicks:
+            raise TrainingError("revival clips (revive_prob) learn from a correction click: set correction_clicks >= 1")
         check_box_noise(self.box_noise)
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise TrainingError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -350,7 +353,7 @@ class Trainer:
             pairs, self.rng, clip_length=config.clip_length,
             prompt_probs=config.prompt_probs, reverse_prob=config.reverse_prob,
             middle_start_prob=config.middle_start_prob, end_start_prob=config.end_start_prob,
-            single_slice_prob=config.single_slice_prob, box_noise=config.box_noise,
+            single_slice_prob=config.single_slice_prob, revive_prob=config.revive_prob, box_noise=config.box_noise,
         )
 
     # one step ---------------------------------------------------------------------------
@@ -360,11 +363,13 @@ class Trainer:
         return contextlib.nullcontext()
 
     def correction_frames(self, clip: Clip) -> tuple[int, ...]:
-        """The clip frames that get simulated correction clicks: frame 0 and random others."""
+        """The clip frames that get simulated correction clicks: frame 0 and random others, and
+        the frames the clip itself asks for (a revival clip's first slice with its object)."""
         cfg = self.config
         others = np.arange(1, len(clip))
         extra = self.rng.choice(others, size=min(len(others), max(0, cfg.correction_frames - 1)), replace=False)
-        return tuple(sorted({0, *extra.tolist()})) if cfg.correction_frames and cfg.correction_clicks else ()
+        chosen = {0, *extra.tolist()} if cfg.correction_frames and cfg.correction_clicks else set()
+        return tuple(sorted(chosen | set(clip.correct_at))) if cfg.correction_clicks else ()
 
     def clip_features(self, clip: Clip) -> list[Features] | None:
         """The clip's image features if known beforehand (here never: :func:`forward_clip` encodes)."""
@@ -596,6 +601,7 @@ def train(
     middle_start_prob: float | None = None,
     end_start_prob: float | None = None,
     single_slice_prob: float | None = None,
+    revive_prob: float | None = None,
     box_noise: float | None = None,
     correction_frames: int | None = None,
     correction_clicks: int | None = None,
@@ -635,7 +641,8 @@ def train(
     e.g. ``{"box": 0.5, "click": 0.25, "mask": 0.25}``; ``loss_weights`` overrides some of
     sam2's term weights, e.g. ``{"dice": 5.0}``; ``middle_start_prob`` starts that share of
     the clips at their object's middle slice, ``end_start_prob`` near an end with another
-    object beside it, and ``single_slice_prob`` makes that share single slices; ``box_noise``
+    object beside it, ``single_slice_prob`` makes that share single slices, and
+    ``revive_prob`` revival clips (a click on an object the memory says is absent); ``box_noise``
     sets the box prompts' jitter (see :class:`~.data.ClipSampler`).
     """
     from napari_samed2.models.loading import load_model
@@ -646,7 +653,7 @@ def train(
         steps=steps, train=train, clip_length=clip_length, batch=batch, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, lora_rank=lora_rank,
         middle_start_prob=middle_start_prob, end_start_prob=end_start_prob, single_slice_prob=single_slice_prob,
-        box_noise=box_noise, correction_frames=correction_frames,
+        revive_prob=revive_prob, box_noise=box_noise, correction_frames=correction_frames,
         correction_clicks=correction_clicks, prompt_probs=prompt_probs,
         loss_weights=loss_weights, memory_policy=memory_policy, val_every=val_every, save_every=save_every,
     )
