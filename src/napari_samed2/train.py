@@ -50,18 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, help=f"maximum gradient norm, 0: no clipping (default: {d.grad_clip})")
     p.add_argument("--seed", type=int, help=f"(default: {d.seed})")
     p.add_argument("--lora-rank", type=int, help=f"rank of the LoRA adapters with --train lora (default: {d.lora_rank})")
-    p.add_argument("--middle-start", type=float, dest="middle_start_prob", metavar="P",
-                   help="share of clips that start at their object's middle slice and run past its end "
-                        f"when it is shorter than the clip (default: {d.middle_start_prob})")
-    p.add_argument("--end-start", type=float, dest="end_start_prob", metavar="P",
-                   help="share of clips that show their object end while another object goes on beside it "
-                        f"(default: {d.end_start_prob})")
-    p.add_argument("--single-slice", type=float, dest="single_slice_prob", metavar="P",
-                   help="share of clips that are one slice (a box or a click), to train the 2D model alongside "
-                        f"tracking (default: {d.single_slice_prob})")
-    p.add_argument("--revive", type=float, dest="revive_prob", metavar="P",
-                   help="share of clips that start before their object, told 'not on this slice', with a correction "
-                        f"click where the object appears (default: {d.revive_prob})")
+    for flag, dest, what in (
+        ("--middle-start", "middle_start_prob",
+         "start at their object's middle slice and run past its end when it is shorter than the clip"),
+        ("--end-start", "end_start_prob", "show their object end while another object goes on beside it"),
+        ("--single-slice", "single_slice_prob",
+         "are one slice (a box or a click), to train the 2D model alongside tracking"),
+        ("--revive", "revive_prob",
+         "start before their object, told 'not on this slice', with a correction click where the object appears"),
+    ):
+        p.add_argument(flag, type=float, dest=dest, metavar="P",
+                       help=f"share of clips that {what} (default: {getattr(d, dest)})")
     p.add_argument("--box-noise", type=float, metavar="S",
                    help=f"box prompt jitter, a share of the box side (default: SAM-2's {d.box_noise})")
     p.add_argument("--correction-frames", type=int, help=f"frames per clip with simulated correction clicks (default: {d.correction_frames})")

@@ -368,7 +368,7 @@ class Trainer:
         cfg = self.config
         others = np.arange(1, len(clip))
         extra = self.rng.choice(others, size=min(len(others), max(0, cfg.correction_frames - 1)), replace=False)
-        chosen = {0, *extra.tolist()} if cfg.correction_frames and cfg.correction_clicks else set()
+        chosen = {0, *extra.tolist()} if cfg.correction_frames else set()
         return tuple(sorted(chosen | set(clip.correct_at))) if cfg.correction_clicks else ()
 
     def clip_features(self, clip: Clip) -> list[Features] | None:
