@@ -16,8 +16,9 @@ For each labelled object of the first ``count`` held-out synthetic volumes (stre
 * ``box_every_clipped``: ``box_every`` with each slice's mask cut to its box.
 
 At the end, ``box_every``'s wrong pixels over all objects: predicted outside the object's
-box, predicted inside it, and missed. ``--stream N`` below 10,000 measures volumes of training
-stream N instead (how well the model fits what it was trained on).
+box, predicted inside it, and missed. ``--2d`` measures ``box_every`` and ``box_every_clipped``
+only (an image-stage checkpoint, whose tracking is untrained). ``--stream N`` below 10,000
+measures volumes of training stream N instead (how well the model fits what it was trained on).
 
 docs/training.md (runs 7 and 8, session 10) reads these against each other.
 """
@@ -59,9 +60,11 @@ def inside_box(prompt: FramePrompt, shape: tuple[int, int]) -> np.ndarray:
     return box
 
 
-def bounds(model, image: np.ndarray, truth: np.ndarray, spacing, errors: np.ndarray) -> dict[str, float]:
+def bounds(model, image: np.ndarray, truth: np.ndarray, spacing, errors: np.ndarray,
+           two_d: bool = False) -> dict[str, float]:
     """The measures above for one object; adds its ``box_every`` wrong pixels (outside the
-    box, inside it, missed) to ``errors``."""
+    box, inside it, missed) to ``errors``. ``two_d``: ``box_every`` and ``box_every_clipped``
+    only (an image-stage checkpoint, whose tracking is untrained)."""
     present = np.nonzero(truth.any(axis=(1, 2)))[0]
     middle, start = start_prompt(truth, spacing, np.random.default_rng(0), "box")
     session = Session(model, image)
@@ -75,6 +78,8 @@ def bounds(model, image: np.ndarray, truth: np.ndarray, spacing, errors: np.ndar
         clipped[z] = every[z] & box
         wrong = every[z] & ~truth[z]
         errors += [(wrong & ~box).sum(), (wrong & box).sum(), (truth[z] & ~every[z]).sum()]
+    if two_d:
+        return {"box_every": dice(every, truth), "box_every_clipped": dice(clipped, truth)}
     from_box = propagated(model, image, middle, start, session.cache)
     inside = np.zeros_like(truth)
     inside[present] = from_box[present]
@@ -97,6 +102,8 @@ def main() -> None:
     parser.add_argument("--stream", type=int, default=10_001,
                         help="synthetic stream: held out from 10,000 on, training streams below")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--2d", dest="two_d", action="store_true",
+                        help="the 2D model only (box_every, box_every_clipped): for an image-stage checkpoint")
     args = parser.parse_args()
     model = load_model(args.model, device=args.device)
     if args.stream >= HELD_OUT_SEED:
@@ -107,7 +114,7 @@ def main() -> None:
     errors = np.zeros(3, np.int64)
     for k, case in enumerate(cases):
         for object_id in range(1, case.num_objects + 1):
-            row = bounds(model, case.image, case.labels == object_id, case.spacing, errors)
+            row = bounds(model, case.image, case.labels == object_id, case.spacing, errors, args.two_d)
             rows.append(row)
             print(f"volume {k} object {object_id} ({case.kinds[object_id - 1]}): "
                   + "  ".join(f"{name} {value:.3f}" for name, value in row.items()), flush=True)
