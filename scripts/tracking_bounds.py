@@ -66,7 +66,6 @@ def bounds(model, image: np.ndarray, truth: np.ndarray, spacing, errors: np.ndar
     box, inside it, missed) to ``errors``. ``two_d``: ``box_every`` and ``box_every_clipped``
     only (an image-stage checkpoint, whose tracking is untrained)."""
     present = np.nonzero(truth.any(axis=(1, 2)))[0]
-    middle, start = start_prompt(truth, spacing, np.random.default_rng(0), "box")
     session = Session(model, image)
     session.add_object(1)
     every = np.zeros_like(truth)
@@ -80,6 +79,7 @@ def bounds(model, image: np.ndarray, truth: np.ndarray, spacing, errors: np.ndar
         errors += [(wrong & ~box).sum(), (wrong & box).sum(), (truth[z] & ~every[z]).sum()]
     if two_d:
         return {"box_every": dice(every, truth), "box_every_clipped": dice(clipped, truth)}
+    middle, start = start_prompt(truth, spacing, np.random.default_rng(0), "box")
     from_box = propagated(model, image, middle, start, session.cache)
     inside = np.zeros_like(truth)
     inside[present] = from_box[present]
