@@ -33,7 +33,7 @@ import torch
 from napari_samed2.errors import HistoryError
 
 if TYPE_CHECKING:
-    from napari_samed2.engine.library import LibraryEntry, Placement
+    from napari_samed2.engine.library import Placement
     from napari_samed2.engine.memory import MemoryEntry, MemoryPolicy, ObjectMemory
     from napari_samed2.engine.prompts import FramePrompt
     from napari_samed2.engine.session import Session

@@ -14,14 +14,16 @@ On disk a library is a folder: ``entries.safetensors`` (tensors) and ``index.jso
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from napari_samed2.engine.memory import cosine, image_descriptor
+from napari_samed2.engine.memory import EntrySource, MemoryEntry, cosine, image_descriptor
 from napari_samed2.engine.saved import consistent, read_pair, write_pair
 from napari_samed2.errors import CheckpointError
 from napari_samed2.models.checkpoint import explain_refusal
@@ -188,3 +190,41 @@ def memory_tokens(
         features.append(maskmem.flatten(2).permute(2, 0, 1))
         positions.append(pos)
     return torch.cat(features), torch.cat(positions)
+
+
+def library_row(object_id: int, index: int, entry: LibraryEntry) -> MemoryEntry:
+    """Library entry ``index`` as a row of an object's memory bank (frame ``-1 - index``), so
+    the inspector lists it and the user can pin or evict it like a slice's memory."""
+    return MemoryEntry(
+        object_id=object_id, frame=-1 - index, conditioning=False, reverse=False,
+        predicted_iou=entry.predicted_iou, object_score=float("inf"), low_res_logits=None,
+        obj_ptr=None, maskmem_features=entry.maskmem_features, descriptor=entry.descriptor,
+        source=EntrySource.LIBRARY,
+    )
+
+
+@contextlib.contextmanager
+def library_tokens_in(memory_attention: torch.nn.Module, tokens: tuple[torch.Tensor, torch.Tensor] | None) -> Iterator[None]:
+    """Put library ``tokens`` (from :func:`memory_tokens`) into sam2's memory attention, before
+    the object pointers, for the calls inside the block only.
+
+    A forward pre-hook adds them, so the shared model is unchanged for anything else (the
+    stock predictor included).
+    """
+    if tokens is None:
+        yield
+        return
+    features, positions = tokens
+
+    def add_tokens(_module, args, kwargs):
+        memory, memory_pos = kwargs["memory"], kwargs["memory_pos"]
+        split = memory.shape[0] - kwargs.get("num_obj_ptr_tokens", 0)
+        kwargs["memory"] = torch.cat([memory[:split], features.to(memory.dtype), memory[split:]])
+        kwargs["memory_pos"] = torch.cat([memory_pos[:split], positions.to(memory_pos.dtype), memory_pos[split:]])
+        return args, kwargs
+
+    handle = memory_attention.register_forward_pre_hook(add_tokens, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

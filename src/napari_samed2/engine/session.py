@@ -11,6 +11,11 @@ an annotation tool rather than a benchmark loop:
   the object pointer, the low-resolution logits), so memory stays small as volumes grow;
 * every user step is recorded as a difference (:mod:`.history`): :meth:`Session.undo` and
   :meth:`Session.redo` put prompts, memory, stale frames and results back exactly.
+
+What does not need prompts or memory lives beside it: image features and their cache in
+:mod:`.slice_features`, saving and opening in :mod:`.persistence`, the retrieval library's
+rows and tokens in :mod:`.library`. The tracking step itself is :mod:`.step`, shared with
+training.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from napari_samed2.engine.converge import ConvergeStop
 from napari_samed2.engine.embedding_cache import EmbeddingCache, default_cache_dir
 from napari_samed2.engine.heap import release_freed_memory
 from napari_samed2.engine.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_STEPS, History, Recorder, Rewind, Step
-from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, memory_tokens
+from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, library_row, library_tokens_in, memory_tokens
 from napari_samed2.engine.memory import (
     EntrySource,
     EntryStatus,
@@ -42,25 +47,17 @@ from napari_samed2.engine.memory import (
     make_policy,
     object_id_number,
 )
-from napari_samed2.engine.prefetch import on_side_stream
+from napari_samed2.engine.persistence import load_session, save_session
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
-from napari_samed2.engine.saved import consistent, read_pair, write_pair
-from napari_samed2.engine.step import (
-    Features,
-    encode_prompt_memory,
-    features_from_backbone,
-    position_encodings,
-    track_step,
-)
+from napari_samed2.engine.slice_features import SliceFeatures
+from napari_samed2.engine.step import Features, encode_prompt_memory, track_step
 from napari_samed2.engine.volume import Volume, as_volume, frame_number
-from napari_samed2.errors import HistoryError, ObjectError, PromptError, SavedStateError, SessionError, VolumeError
+from napari_samed2.errors import HistoryError, ObjectError, PromptError, SessionError
 from napari_samed2.models.loading import LoadedModel
-from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
 
 Direction = Literal["forward", "backward", "both"]
 _LOGIT_CLAMP = 32.0  # sam2 clamps previous logits fed back with new clicks
-_SAVED_FIELDS = ("model", "volume_shape", "frame_keys", "policy", "policy_options", "objects")
 
 
 class _Run:
@@ -110,18 +107,15 @@ class Session:
         self.policy = make_policy(policy)
         self.library = library
         self.library_k = library_k
-        self._paired = has_temporal_adapters(model.sam)
-        self.cache = cache if cache is not None else EmbeddingCache(shared=default_cache_dir())
         self.memories: dict[int, ObjectMemory] = {}
         self.prompts: dict[int, dict[int, FramePrompt]] = {}
         self.stale: dict[int, set[int]] = {}
-        self._pos_embeds: list[torch.Tensor] | None = None
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
-        self._model_key = model.feature_signature
-        self.frames_encoded = 0  # image-encoder runs, for tests and benchmarks
         # The GUI propagates in a worker thread while the user may click: every change of
         # state holds this lock, for one frame at a time, so clicks land between frames.
         self.lock = threading.RLock()
+        cache = cache if cache is not None else EmbeddingCache(shared=default_cache_dir())
+        self.features = SliceFeatures(model, self.volume, cache, self.lock)
         self.history = History(undo_steps, undo_bytes)
         self._runs = 0  # propagations started and not finished or closed
 
@@ -447,7 +441,7 @@ class Session:
         descriptor = features.descriptor
         view = self.policy.view(memory, frame, reverse, sam, descriptor)
         extra = None if is_init_cond_frame else self._retrieve(memory, descriptor, features.feat_sizes[-1])
-        with self._extra_memory(extra):
+        with library_tokens_in(sam.memory_attention, extra):
             out = track_step(
                 sam, features, view.to_sam2(self._maskmem_pos_enc or []), frame, len(self.volume),
                 is_init_cond_frame=is_init_cond_frame, reverse=reverse, point_inputs=point_inputs,
@@ -493,43 +487,9 @@ class Session:
         for index in chosen:
             if index not in memory.library:
                 self.history.recorder.library_row(memory.object_id, index)
-                memory.library[index] = self._library_row(memory.object_id, index, self.library.entries[index])
+                memory.library[index] = library_row(memory.object_id, index, self.library.entries[index])
         entries = [self.library.entries[i] for i in chosen]
         return memory_tokens(entries, feat_size, self._maskmem_pos_enc[-1], self.model.device, torch.float32)
-
-    @staticmethod
-    def _library_row(object_id: int, index: int, entry: LibraryEntry) -> MemoryEntry:
-        return MemoryEntry(
-            object_id=object_id, frame=-1 - index, conditioning=False, reverse=False,
-            predicted_iou=entry.predicted_iou, object_score=float("inf"), low_res_logits=None,
-            obj_ptr=None, maskmem_features=entry.maskmem_features, descriptor=entry.descriptor,
-            source=EntrySource.LIBRARY,
-        )
-
-    @contextlib.contextmanager
-    def _extra_memory(self, extra: tuple | None) -> Iterator[None]:
-        """Put library tokens into sam2's memory attention, before the object pointers.
-
-        A forward pre-hook on ``memory_attention`` adds them for this call only, so the
-        shared model is unchanged for anything else (the stock predictor included).
-        """
-        if extra is None:
-            yield
-            return
-        tokens, positions = extra
-
-        def add_tokens(_module, args, kwargs):
-            memory, memory_pos = kwargs["memory"], kwargs["memory_pos"]
-            split = memory.shape[0] - kwargs.get("num_obj_ptr_tokens", 0)
-            kwargs["memory"] = torch.cat([memory[:split], tokens.to(memory.dtype), memory[split:]])
-            kwargs["memory_pos"] = torch.cat([memory_pos[:split], positions.to(memory_pos.dtype), memory_pos[split:]])
-            return args, kwargs
-
-        handle = self.model.sam.memory_attention.register_forward_pre_hook(add_tokens, with_kwargs=True)
-        try:
-            yield
-        finally:
-            handle.remove()
 
     def _remember_pos_enc(self, pos_enc: list[torch.Tensor]) -> None:
         # identical for every frame and object: sam2 keeps one copy, so do we
@@ -537,83 +497,31 @@ class Session:
             self.history.recorder.pos_enc()
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
 
-    def _features(self, frame: int) -> Features:
-        """The frame's image features: from the cache, or the image encoder once."""
-        sam = self.model.sam
-        fpn = self.cache.get(self.cache_key(frame), self.model.device)
-        if fpn is not None and self._pos_embeds is None:
-            self._pos_embeds = [p[:1] for p in position_encodings(sam, fpn)]
-        if fpn is None:
-            fpn, pos_embeds = self._encode_slices([frame])
-            self.frames_encoded += len(fpn)
-            fpn = self._store(fpn, pos_embeds)[frame]
-        return features_from_backbone(sam, fpn, self._pos_embeds)
+    # image features ------------------------------------------------------------------------
+    @property
+    def cache(self) -> EmbeddingCache:
+        return self.features.cache
 
-    def _encoder_input(self, frame: int) -> tuple[int, ...]:
-        """The slices that go through the image encoder for ``frame``, in order: itself, or
-        SAMed-2's pair (0, 1), (2, 3), ... (a last odd frame twice: it is paired with itself)."""
-        if not self._paired:
-            return (frame,)
-        first = frame - frame % PAIR
-        return (first, min(first + 1, len(self.volume) - 1))
+    @property
+    def frames_encoded(self) -> int:
+        """Image-encoder runs so far, for tests and benchmarks."""
+        return self.features.frames_encoded
+
+    def _features(self, frame: int) -> Features:
+        return self.features[frame]
+
+    def cache_key(self, frame: int) -> str:
+        return self.features.cache_key(frame)
 
     def encoded_with(self, frame: int) -> tuple[int, ...]:
-        """The frames whose features one encoder run for ``frame`` computes (its SAMed-2 partner
-        too): :class:`~napari_samed2.engine.prefetch.Prefetcher` sizes its batches with it."""
-        return tuple(dict.fromkeys(self._encoder_input(frame)))
-
-    def _encode_slices(self, frames: Sequence[int]) -> tuple[dict[int, list[torch.Tensor]], list[torch.Tensor]]:
-        """Run the image encoder once for ``frames`` (one batch): FPN levels (``[1, C, H, W]``
-        each) by frame, and the position encodings. It reads only the volume and the model,
-        never the session's state, so it may run without :attr:`lock`.
-
-        SAMed-2's temporal adapter mixes consecutive pairs of the batch, so each frame brings
-        its pair, (0, 1), (2, 3), ..., and a pair asked for twice goes in once; a last odd
-        frame is paired with itself (and keeps the second copy's features, as it always has).
-        """
-        images = [f for pair in dict.fromkeys(self._encoder_input(f) for f in frames) for f in pair]
-        size, preprocessing = self.model.image_size, self.model.spec.preprocessing
-        batch = torch.stack([self.volume.model_input(f, size, preprocessing) for f in images])
-        backbone = self.model.sam.forward_image(batch.to(self.model.device))
-        fpn = {f: [level[i : i + 1].clone() for level in backbone["backbone_fpn"]] for i, f in enumerate(images)}
-        return fpn, [p[:1] for p in backbone["vision_pos_enc"]]
-
-    def _store(self, fpn: dict[int, list[torch.Tensor]], pos_embeds: list[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
-        """Put what :meth:`_encode_slices` returned into the cache (the caller holds :attr:`lock`)."""
-        self._pos_embeds = pos_embeds
-        for f, features in fpn.items():
-            self.cache.put(self.cache_key(f), features)
-        return fpn
+        return self.features.encoded_with(frame)
 
     def prefetch(self, frames: int | Sequence[int]) -> tuple[int, ...]:
         """Put the image features of ``frames`` (one frame, or several for one batch) into the
-        cache, those not there already, with ONE image-encoder run; the frames it ran for and
-        whose features were kept (SAMed-2's partner slices too; none if all were cached).
-
-        :attr:`lock` is held only to look into the cache and to put the features there, not
-        while the encoder runs (~0.4 s a slice on a CPU), so a click or a propagation in
-        another thread goes on meanwhile. A frame that one of those encodes first keeps its
-        features: this run's copy is dropped, the same work done twice, never two versions in
-        the cache. On CUDA the encoder runs on a side stream, finished before anything is
-        put in the cache (see :func:`~napari_samed2.engine.prefetch.on_side_stream`).
-        """
+        cache with one encoder run, without holding :attr:`lock` while it runs; see
+        :meth:`.SliceFeatures.prefetch`."""
         asked = [frames] if isinstance(frames, int | np.integer) else list(frames)
-        keys = {f: self.cache_key(f) for f in (self._check_frame(f) for f in asked)}
-        with self.lock:
-            wanted = [f for f, key in keys.items() if key not in self.cache]
-        if not wanted:
-            return ()
-        with self.model.inference():
-            fpn, pos_embeds = on_side_stream(
-                self.model.device,
-                lambda: self._encode_slices(wanted),
-                lambda out: [t for features in out[0].values() for t in features] + out[1],
-            )
-        keys.update((f, self.cache_key(f)) for f in fpn if f not in keys)
-        with self.lock:
-            self.frames_encoded += len(fpn)  # encoder runs, whether their features are kept or not
-            kept = {f: features for f, features in fpn.items() if keys[f] not in self.cache}
-            return tuple(self._store(kept, pos_embeds)) if kept else ()
+        return self.features.prefetch([self._check_frame(f) for f in asked])
 
     def encode(self, frames: Iterable[int] | None = None) -> Iterator[int]:
         """Put the image features of ``frames`` (default: every frame) into the cache,
@@ -626,16 +534,6 @@ class Session:
             frame = self._check_frame(frame)
             self.prefetch(frame)
             yield frame
-
-    def cache_key(self, frame: int) -> str:
-        """The embedding-cache key of ``frame``'s features: the model's feature signature and a
-        digest of the frame's content and normalisation (and of its partner slice's, for
-        SAMed-2's paired encoder)."""
-        key = f"{self._model_key}-{self.volume.frame_key(frame)}"
-        if self._paired:  # a slice's features depend on its partner's content too
-            partner = min(frame ^ 1, len(self.volume) - 1)
-            key += f"-{self.volume.frame_key(partner)}"
-        return key
 
     # memory bank ---------------------------------------------------------------------------
     def memory_entries(self, object_id: int | None = None) -> list[MemoryEntry]:
@@ -761,97 +659,12 @@ class Session:
         volume and model. Prompt results still pending are written with their memory encoded,
         as a propagation would store them; the session itself is not changed. A save that
         fails leaves an earlier save in ``folder`` as it was."""
-        tensors: dict[str, torch.Tensor] = {}
-        objects = {}
-        pos_enc = [self._maskmem_pos_enc]
-        for object_id, memory in self.memories.items():
-            rows = []
-            with self.lock:
-                entries = {**memory.entries, **self._encode_pending(memory, pos_enc)}
-            for frame, entry in sorted(entries.items()):
-                prefix = f"{object_id}.{frame}"
-                for name in ("maskmem_features", "low_res_logits", "obj_ptr", "descriptor"):
-                    value = getattr(entry, name)
-                    if value is not None:
-                        tensors[f"{prefix}.{name}"] = value.detach().contiguous().cpu()
-                rows.append({
-                    "frame": frame, "conditioning": entry.conditioning, "reverse": entry.reverse,
-                    "predicted_iou": entry.predicted_iou, "object_score": entry.object_score,
-                    "status": entry.status.value,
-                })
-            prompts = {}
-            for frame, prompt in self.prompts[object_id].items():
-                prompts[frame] = {"points": prompt.points.tolist(), "labels": prompt.labels.tolist(), "box": prompt.box}
-                if prompt.mask is not None:
-                    tensors[f"{object_id}.{frame}.prompt_mask"] = torch.from_numpy(prompt.mask.copy())
-            objects[object_id] = {
-                "entries": rows,
-                "prompts": prompts,
-                "tracked": memory.tracked,
-                "stale": sorted(self.stale[object_id]),
-                "library_status": {i: e.status.value for i, e in memory.library.items()},
-            }
-        if pos_enc[0] is not None:
-            tensors["maskmem_pos_enc"] = pos_enc[0][-1].contiguous().cpu()
-        state = {
-            "model": self.model.signature,
-            "volume_shape": list(self.volume.shape),
-            "frame_keys": [self.volume.frame_key(f) for f in range(len(self.volume))],
-            "policy": self.policy.name,
-            "policy_options": {k: v for k, v in vars(self.policy).items() if k != "name"},
-            "objects": objects,
-        }
-        return write_pair(folder, "session.json", state, "tensors.safetensors", tensors)
+        return save_session(self, folder)
 
     @classmethod
     def load(cls, folder: str | Path, model: LoadedModel, volume, **options) -> Session:
         """A session saved with :meth:`save`, on the same volume (checked frame by frame)."""
-        folder = Path(folder)
-        state, tensors = read_pair(folder, "session.json", "tensors.safetensors", "session", _SAVED_FIELDS)
-        session = cls(model, volume, **options)
-        keys = [session.volume.frame_key(f) for f in range(len(session.volume))]
-        if keys != state["frame_keys"]:
-            raise VolumeError(
-                f"{folder} was saved for a different volume (shape {tuple(state['volume_shape'])}); "
-                "open the image it was made on"
-            )
-        if state["model"] != model.signature:
-            raise SavedStateError(f"{folder} was saved with another model or settings; load that model first")
-        with consistent(folder, "session"):
-            if "maskmem_pos_enc" in tensors:
-                session._maskmem_pos_enc = [tensors["maskmem_pos_enc"].to(model.device)]
-            for key, saved in state["objects"].items():
-                object_id = session.add_object(int(key))
-                memory = session.memories[object_id]
-                for row in saved["entries"]:
-                    prefix = f"{object_id}.{row['frame']}"
-                    memory.entries[row["frame"]] = MemoryEntry(
-                        object_id=object_id, frame=row["frame"], conditioning=row["conditioning"],
-                        reverse=row["reverse"], predicted_iou=row["predicted_iou"], object_score=row["object_score"],
-                        status=EntryStatus(row["status"]),
-                        descriptor=tensors.get(f"{prefix}.descriptor"),  # fingerprints live on the CPU
-                        low_res_logits=tensors[f"{prefix}.low_res_logits"].to(model.device),  # every entry has a mask
-                        **{
-                            name: tensors[f"{prefix}.{name}"].to(model.device) if f"{prefix}.{name}" in tensors else None
-                            for name in ("maskmem_features", "obj_ptr")  # dropped by a bounded bank
-                        },
-                    )
-                for frame, prompt in saved["prompts"].items():
-                    mask = tensors.get(f"{object_id}.{frame}.prompt_mask")
-                    session.prompts[object_id][int(frame)] = FramePrompt(
-                        prompt["points"], prompt["labels"], box=tuple(prompt["box"]) if prompt["box"] else None,
-                        mask=None if mask is None else mask.numpy(),
-                    )
-                memory.tracked = {int(f): r for f, r in saved["tracked"].items()}
-                session.stale[object_id] = set(saved["stale"])
-                for index, status in saved["library_status"].items():
-                    if session.library is not None and int(index) < len(session.library):
-                        row = session._library_row(object_id, int(index), session.library.entries[int(index)])
-                        row.status = EntryStatus(status)
-                        memory.library[int(index)] = row
-            session.policy = make_policy(state["policy"], **state["policy_options"])
-        session.history.clear()  # a loaded session starts with nothing to undo
-        return session
+        return load_session(cls, folder, model, volume, **options)
 
     # undo ------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from napari_samed2.errors import CheckpointError, CheckpointMismatchError
+from napari_samed2.errors import CheckpointError
 from napari_samed2.models.registry import MODELS, ModelSpec
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
