@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, help=f"steps between checkpoints, 0: only at the end (default: {d.save_every})")
     p.add_argument("--image-size", type=int, help="model input size in px (a multiple of 32; default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="auto", help="auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16 (CUDA only)")
     p.add_argument("--axis", type=int, default=0, help="the slicing axis of the volumes")
     p.add_argument("--resume", help="output folder of an earlier run to continue")
     return p

@@ -69,3 +69,8 @@ def test_settings_from_json_with_arguments_overriding_them(tmp_path):
     path.write_text('{"stepz": 7}')
     with pytest.raises(TrainingError, match=r"unknown training settings \['stepz'\]"):
         _train(tmp_path, config=path)
+
+
+def test_bfloat16_training_off_cuda_is_refused_not_silently_float32(tmp_path):
+    with pytest.raises(TrainingError, match="training in bfloat16 runs on CUDA only; on cpu it trains in float32"):
+        _train(tmp_path, device="cpu", dtype="bfloat16")  # refused before the (missing) model is looked at

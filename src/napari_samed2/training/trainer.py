@@ -553,6 +553,22 @@ def untrained_model(architecture: str, *, device="auto", dtype="auto", image_siz
     return LoadedModel(spec, sam, torch_device, resolve_dtype(dtype, torch_device), None)
 
 
+def _check_training_dtype(dtype: str, device: str) -> None:
+    """Refuse a reduced precision that training would not use: autocast trains in it on CUDA
+    only. On this project's CPUs bf16 autocast was measured 5.3x slower than float32 and its
+    loss rose where float32's fell (docs/training.md), so it is not offered there."""
+    from napari_samed2.models.loading import resolve_device, resolve_dtype
+
+    if dtype == "auto":
+        return
+    torch_device = resolve_device(device)
+    if resolve_dtype(dtype, torch_device) != torch.float32 and torch_device.type != "cuda":
+        raise TrainingError(
+            f"training in {dtype} runs on CUDA only; on {torch_device.type} it trains in float32: "
+            "drop --dtype or give float32 (bf16 on a CPU was measured 5x slower, see docs/training.md)"
+        )
+
+
 def load_config(source: TrainConfig | str | Path | dict | None) -> TrainConfig:
     """A :class:`TrainConfig` from itself, a dict, or a JSON file (e.g. the ``config`` a
     checkpoint's metadata holds); ``None`` gives the defaults."""
@@ -666,6 +682,7 @@ def train(
         raise TrainingError("synthetic_distractors applies to synthetic volumes: give synthetic=N too")
     if sample_volumes < 0:
         raise TrainingError(f"sample_volumes must be >= 0, got {sample_volumes}")
+    _check_training_dtype(dtype, device)
     pairs = (
         load_pairs(images, labels, axis=axis) if images is not None
         else synthetic_pairs(synthetic, config.seed, distractors=synthetic_distractors)
