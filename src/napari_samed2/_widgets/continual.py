@@ -38,8 +38,8 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from napari_samed2._widgets.feedback import USER_ERRORS
 from napari_samed2._widgets.session_files import user_data_dir
-from napari_samed2.errors import SamEd2Error
 from napari_samed2.training.continual import (
     BASE,
     MODES,
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 CASES_DIR_ENV = "NAPARI_SAMED2_CASES_DIR"
 LEARN_MODES = tuple(m for m in reversed(MODES) if m != "none")  # the default first; "none" changes nothing
-_USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
 _TIP = Qt.ItemDataRole.ToolTipRole
 
 
@@ -255,7 +254,7 @@ class ContinualSection(QGroupBox):
             return None
         try:
             store = self.work.store_for(session.model)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._say(f"Cannot open the store of confirmed cases: {exc}. Nothing was confirmed.")
             return None
         known, before = set(store.ids), session.history.next_undo
@@ -264,7 +263,7 @@ class ContinualSection(QGroupBox):
         try:
             done = confirm(session, store, name=name, spacing=self._spacing(),
                            min_confidence=panel.min_confidence.value())
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             added = session.history.next_undo is not before
             note = " Its memories did join the library: Undo takes them out." if added else " Nothing was changed."
             self._say(f"Could not confirm the volume: {str(exc).rstrip('.')}.{note}")
@@ -313,7 +312,7 @@ class ContinualSection(QGroupBox):
             return False
         try:
             store = self.work.store_for(model)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._say(f"Cannot open the store of confirmed cases: {exc}. The model is unchanged.")
             return False
         case_id = self.work.case_to_learn()
@@ -327,7 +326,7 @@ class ContinualSection(QGroupBox):
                 train = (ENCODER_LORA, *train)
             config = dataclasses.replace(self.base_config, mode=self.mode_choice.currentText(),
                                          steps=self.steps_choice.value(), train=train)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._say(f"Cannot learn with these settings: {exc}")
             return False
         _import_dynamo_without_triton()
@@ -425,7 +424,7 @@ class ContinualSection(QGroupBox):
             return
         try:
             store = self.work.store_for(self.state.model)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self.store_status.setText(f"The store of confirmed cases cannot be read: {exc}")
             return
         case = self.work.case_to_learn()
@@ -499,7 +498,7 @@ class VersionsSection(QGroupBox):
                 self.info.setText("This model was not loaded from a file, so it has no versions.")
             else:
                 self._list(ModelVersions(default_versions_folder(model)))
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self.info.setText(f"Cannot list the versions: {exc}")
         finally:
             self.choice.blockSignals(False)

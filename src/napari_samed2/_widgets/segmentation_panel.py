@@ -15,12 +15,13 @@ What the panel works on (session, layers, job queue, autosave) lives in the view
 :class:`~napari_samed2._widgets.state.Segmentation`, not in the widget: a panel closed and
 opened again reconnects to it. Sessions are saved and resumed through
 :mod:`.session_files` (``Session.save`` / ``Session.load`` plus the output layer), and
-autosaved after each completed step (:mod:`.autosave`).
+autosaved after each completed step (:mod:`.autosave`); the buttons that do it are
+:mod:`.saving_controls`, those of the memory library :mod:`.library_controls` (mixins of the
+panel, split from it by what they do).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QFrame,
     QGroupBox,
@@ -56,23 +56,20 @@ from napari_samed2._widgets.coordinates import (
     prompts_from_layers,
     to_layer_data,
 )
+from napari_samed2._widgets.feedback import USER_ERRORS
 from napari_samed2._widgets.layout import scrolling_layout
+from napari_samed2._widgets.library_controls import LibraryMixin
 from napari_samed2._widgets.prefetch import PROPAGATIONS, BackgroundEncoding
+from napari_samed2._widgets.saving_controls import SessionFilesMixin
 from napari_samed2._widgets.session_files import (
-    SavedSession,
     autosave_folders,
-    find_autosaves,
-    load_session_folder,
-    read_saved,
     volume_fingerprint,
-    write_session_folder,
 )
 from napari_samed2._widgets.state import shared_state
 from napari_samed2.engine import ConvergeStop, FramePrompt, FrameResult, Session, Volume
 from napari_samed2.engine.labels import LabelVolume
-from napari_samed2.engine.library import MemoryLibrary
 from napari_samed2.engine.prompts import POSITIVE
-from napari_samed2.errors import HistoryError, SamEd2Error, SessionMismatchError, VolumeError
+from napari_samed2.errors import HistoryError, VolumeError
 from napari_samed2.io.intensity import WINDOW_CHOICES, chosen_window
 from napari_samed2.io.writers import labels_metadata
 
@@ -94,7 +91,6 @@ INSPECTOR_REFRESH_S = 1.0  # during a run, the inspector refreshes at most this 
 _ONCE = PROPAGATIONS  # jobs that would only repeat themselves if queued twice
 #: the Re-propagate button's stop rule while "Stop where masks agree again" is on
 CONVERGE = ConvergeStop()
-_USER_ERRORS = (SamEd2Error, ValueError, KeyError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -156,33 +152,6 @@ def _source_path(layer) -> Path | None:
     return Path(path) if path and Path(path).exists() else None
 
 
-def _summary(session: Session) -> str:
-    """"2 objects, prompts on 3 slices, 8 slices segmented"."""
-    objects = len(session.object_ids)
-    prompted = {f for frames in session.prompts.values() for f in frames}
-    segmented = {f for memory in session.memories.values() for f in (*memory.entries, *memory.pending) if f >= 0}
-    return (f"{objects} object{'' if objects == 1 else 's'}, prompts on {len(prompted)} "
-            f"slice{'' if len(prompted) == 1 else 's'}, {len(segmented)} slice{'' if len(segmented) == 1 else 's'} segmented")
-
-
-def _plain(exc: Exception) -> str:
-    # str(KeyError("...")) keeps the quotes; the user should not see them
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-
-
-class _blocked:
-    """Set a widget's state without its signals firing."""
-
-    def __init__(self, widget):
-        self.widget = widget
-
-    def __enter__(self):
-        self.previous = self.widget.blockSignals(True)
-
-    def __exit__(self, *exc):
-        self.widget.blockSignals(self.previous)
-
-
 def _same_prompt(a: FramePrompt | None, b: FramePrompt | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -206,7 +175,7 @@ class _Shared:
         setattr(panel.work, self.key, value)
 
 
-class SegmentationPanel(QWidget):
+class SegmentationPanel(SessionFilesMixin, LibraryMixin, QWidget):
     """Prompt, segment and propagate one image layer; see the module docstring."""
 
     work_finished = Signal(str)  # the status message shown when a job ends (tests wait on it)
@@ -567,7 +536,7 @@ class SegmentationPanel(QWidget):
             volume = Volume(image.data, axis, rgb=image.rgb, fixed=self._fixed_indices(image, axis), normalise=normalise)
             session = Session(model, volume, library=self.state.library)
             fingerprint = volume_fingerprint(volume)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             return self._say(f"Cannot segment {image.name!r} along axis {axis}: {exc}")
         self._begin(image, session, fingerprint, window=window)
         self._offer_resume()
@@ -684,7 +653,7 @@ class SegmentationPanel(QWidget):
         old = self.session
         try:
             session = Session(model, volume, policy=old.policy, library=old.library, library_k=old.library_k)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._say(f"{refusal}: {exc}. The segmentation goes on as it was.")
             return False
         for object_id in old.object_ids:
@@ -739,7 +708,7 @@ class SegmentationPanel(QWidget):
         old = session.volume
         try:
             normalise = self._window(self.state.image_layer, window)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._show_window(self.work.window)
             self._say(f"Cannot use the window {label}: {exc}. The segmentation goes on as it was.")
             return
@@ -877,7 +846,7 @@ class SegmentationPanel(QWidget):
             return None
         try:
             changes = self.pending_prompt_changes()
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._prompt_error = True
             self._say(str(exc))
             return None
@@ -922,7 +891,7 @@ class SegmentationPanel(QWidget):
                     yield _Step(self.session.result(frame), cleared=(object_id,))
                 else:
                     yield _Step(self.session.segment_frame(frame, object_id, prompt))
-            except _USER_ERRORS as exc:
+            except USER_ERRORS as exc:
                 yield _Step(note=f"Slice {frame}, object {object_id}: {exc}")
 
     def use_mask(self, frame: int | None = None) -> None:
@@ -936,7 +905,7 @@ class SegmentationPanel(QWidget):
             mask = mask_from_labels(
                 self.mask_choice.value, self.state.image_layer, self.session.volume, frame, self.current_object
             )
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._say(str(exc))
             return
         if not mask.any():
@@ -1251,7 +1220,7 @@ class SegmentationPanel(QWidget):
                 if prompt is not None and prompt.mask is None:
                     self._draw_prompt(object_id, frame, prompt)
             drawn = prompts_from_layers(volume, image, self.points_layer, self.shapes_layer)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             self._say(str(exc))
             return
         finally:
@@ -1301,355 +1270,6 @@ class SegmentationPanel(QWidget):
         if self.output_layer is not None:
             self.output_layer.refresh()
         self._update_buttons()
-
-    # saving and resuming ------------------------------------------------------------------
-    def save_session(self, folder: str | os.PathLike | None = None) -> bool:
-        """Save the segmentation (prompts, objects, memory with pins and evictions, the output
-        labels) into ``folder`` (asked for with a file dialog when not given)."""
-        if self.session is None:
-            self._say("Nothing to save yet: press New segmentation first.")
-            return False
-        if folder is None:
-            suggestion = self._dialog_folder() / f"{self.state.image_layer.name} session"
-            folder, _ = QFileDialog.getSaveFileName(self, "Save the session as a folder", str(suggestion))
-            if not folder:
-                return False
-        try:
-            written = write_session_folder(folder, self.session, self.labels, self._save_context())
-        except (SamEd2Error, OSError) as exc:
-            self._say(f"Could not save the session: {exc}")
-            return False
-        self._say(f"Saved the session in {written} ({_summary(self.session)}); Open session... resumes it.")
-        return True
-
-    def export_prompts(self, path: str | os.PathLike | None = None) -> bool:
-        """Write the session's boxes and clicks as a cohort prompts file (asked for with a save
-        dialog when not given), for ``cohort segment`` to run again on the image with any model
-        or policy. A file given by a script is never replaced (the dialog asks first)."""
-        from napari_samed2.cohort.prompts import export_prompts  # the cohort package brings in dask
-
-        if self.session is None or not any(self.session.prompts.values()):
-            self._say("No prompts to export yet: press New segmentation, then click on an object or draw a box.")
-            return False
-        overwrite = path is None
-        if path is None:
-            suggestion = self._dialog_folder() / f"{self.state.image_layer.name}.json"
-            path, _ = QFileDialog.getSaveFileName(self, "Export the prompts as", str(suggestion), "Prompts (*.json)")
-            if not path:
-                return False
-        try:
-            written = export_prompts(self.session, path, overwrite=overwrite)
-        except (SamEd2Error, OSError) as exc:
-            self._say(f"Could not export the prompts: {exc}")
-            return False
-        self._say(
-            f"Exported the prompts ({_summary(self.session)}) to {written}. For a cohort, put it in the cohort's "
-            "prompts/ folder named after the image: python -m napari_samed2.cohort segment runs it."
-        )
-        return True
-
-    def open_session(self, folder: str | os.PathLike | None = None) -> bool:
-        """Resume a saved session (asked for with a folder dialog when not given) on the chosen
-        image with the loaded model: its objects, prompts (drawn in new prompt layers), memory
-        entries with their status and output labels. A session of another image or model, or a
-        damaged folder, is refused with the reason, and nothing in the viewer changes."""
-        if self._refuse_to_resume():
-            return False
-        if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Open a saved session", str(self._dialog_folder()))
-            if not folder:
-                return False
-        return self._resume(Path(folder), autosaved=False)
-
-    def resume_offered(self) -> bool:
-        """Resume the autosave offered when the segmentation started."""
-        offer = self.work.offer
-        if offer is None:
-            self._say("No autosave is offered: press New segmentation on the image to look for one.")
-            return False
-        if self._refuse_to_resume():
-            return False
-        if self.image_choice.value is not self.state.image_layer and self.state.image_layer is not None:
-            self.image_choice.value = self.state.image_layer
-        return self._resume(offer.folder, autosaved=True)
-
-    def dismiss_offer(self) -> None:
-        self.work.offer = None
-        self._show_offer()
-
-    def _refuse_to_resume(self) -> bool:
-        if self.state.model is None:
-            self._say("Load a model in the Model panel first: the one the session was saved with.")
-        elif self.image_choice.value is None:
-            self._say("Open the image the session was made on first, and choose it in Layer.")
-        elif self.busy:
-            self._say("Wait for the running job to end (or Cancel it) before opening a session.")
-        else:
-            return False
-        return True
-
-    def _resume(self, folder: Path, autosaved: bool) -> bool:
-        image, model = self.image_choice.value, self.state.model
-        try:
-            saved = read_saved(folder)
-            shape = saved.image.get("shape")
-            if shape is not None and tuple(shape) != tuple(image.data.shape):
-                raise SessionMismatchError(
-                    f"{folder} was saved for the image {saved.image.get('name')!r} of shape {tuple(shape)}, and "
-                    f"{image.name!r} has shape {tuple(image.data.shape)}: choose the image it was made on in Layer"
-                )
-            axis = int(saved.image.get("axis", self.axis_choice.value()))
-            fixed = saved.image.get("fixed")
-            fixed = {int(k): int(v) for k, v in fixed.items()} if fixed is not None else self._fixed_indices(image, axis)
-            window, normalise = saved.window()
-            volume = Volume(image.data, axis, rgb=image.rgb, fixed=fixed, normalise=normalise)
-            fingerprint = volume_fingerprint(volume)
-            library, notes = self._library_for(saved)
-            loaded = load_session_folder(folder, model, volume, fingerprint, library=library)
-        except _USER_ERRORS as exc:
-            self._say(f"Cannot open the session: {_plain(exc)}. Nothing was changed.")
-            return False
-        if library is not self.state.library:  # the session's own library, loaded with it
-            self.state.library, self.state.library_changed = library, False
-            self.state.library_folder = Path(saved.meta["library"]["folder"])
-            self._show_library()
-        pristine = self._pristine_layers()
-        self._begin(image, loaded.session, fingerprint, labels=loaded.labels, written=loaded.written,
-                    autosaved=folder if autosaved else None, window=window)
-        for layer in pristine:  # the empty layers of a segmentation that had not begun
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.state.memory_changed.emit()
-        self._say(" ".join([f"Resumed the session in {folder}: {_summary(loaded.session)}.", *notes,
-                            "Undo starts from here."]))
-        return True
-
-    def _pristine_layers(self) -> list:
-        """The layers of the open segmentation when nothing was done in it yet (they would only
-        clutter the viewer once another session replaces it)."""
-        session = self.session
-        if session is None or any(session.prompts.values()) or session.memory_entries():
-            return []
-        layers = [self.output_layer, self.points_layer, self.shapes_layer]
-        if any(layer is None for layer in layers) or self.output_layer.data.any():
-            return []
-        if len(self.points_layer.data) or len(self.shapes_layer.data):
-            return []
-        return layers
-
-    def _save_context(self) -> dict:
-        """What a save records beside the session: the image it was made on, the library."""
-        session = self.session
-        return {
-            "image_name": self.state.image_layer.name if self.state.image_layer is not None else None,
-            "image_path": self.work.image_path,
-            "fingerprint": self.work.fingerprint,
-            "window": self.work.window,
-            "library": self.state.library_folder if session.library is not None and session.library is self.state.library else None,
-        }
-
-    def _dialog_folder(self) -> Path:
-        return self.work.image_path.parent if self.work.image_path is not None else Path.home()
-
-    # autosave ----------------------------------------------------------------------------
-    def _request_autosave(self) -> None:
-        """After a completed step: save in the background (nothing while a job runs; its end
-        saves). A copy of the output labels is taken here, on the GUI thread."""
-        autosave = self.work.autosave
-        if self.session is None or self.labels is None or self.busy or not autosave.enabled:
-            return
-        if autosave.folder is None and not any(self.session.prompts.values()):
-            return  # nothing worth saving yet
-        session, labels, context = self.session, self.labels.snapshot(), self._save_context()
-        autosave.request(lambda folder: write_session_folder(folder, session, labels, context))
-
-    def _autosave_toggled(self, on: bool) -> None:
-        self.work.autosave.enabled = on
-        if on:
-            self._request_autosave()
-        self._show_autosave()
-
-    def _autosaved(self, _folder) -> None:
-        self._show_autosave()
-
-    def _autosave_failed(self, message: str) -> None:
-        """Said once (until a save works again); the work goes on."""
-        self._show_autosave()
-        self._say(f"{self.status.text()} Autosave failed: {message}. Annotation goes on; Save session... "
-                  "keeps your work.".strip())
-
-    def _show_autosave(self) -> None:
-        autosave = self.work.autosave
-        with _blocked(self.autosave_check):
-            self.autosave_check.setChecked(autosave.enabled)
-        folder = autosave.folder
-        if not autosave.enabled:
-            text = "Autosave is off."
-        elif autosave.error is not None:
-            text = f"Autosave failed: {autosave.error}"
-        elif folder is not None and autosave.last_saved is not None:
-            where = "next to the image" if folder.parent.parent.name.endswith(".samed2") else "in your data folder"
-            text = f"Autosaved at {autosave.last_saved:%H:%M:%S}, {where}."
-        elif folder is not None:
-            text = "Resumed from an autosave: new steps are saved there."
-        else:
-            text = "Autosaves after each step." if self.session is not None else ""
-        self.autosave_status.setText(text)
-        self.autosave_status.setToolTip(str(folder) if folder is not None else "")
-
-    def _offer_resume(self) -> None:
-        """Look for autosaves of the image just started and offer the newest that the loaded
-        model can resume (a notice with a button, no dialog)."""
-        work, model = self.work, self.state.model
-        try:
-            found = find_autosaves(work.image_path, work.fingerprint)
-        except OSError:
-            found = []
-        usable = [saved for saved in found if saved.model.get("signature") == model.signature]
-        work.offer = usable[0] if usable else None
-        self._show_offer(found[0] if found and not usable else None)
-
-    def _show_offer(self, other: SavedSession | None = None) -> None:
-        offer = self.work.offer
-        if offer is not None:
-            self.resume_label.setText(f"This image has an autosaved session: {offer.describe()}.")
-            self.resume_label.setToolTip(str(offer.folder))
-        elif other is not None:
-            self.resume_label.setText(
-                f"This image has an autosaved session made with another model: {other.describe()}. Load that model, "
-                "then press New segmentation again to resume it."
-            )
-            self.resume_label.setToolTip(str(other.folder))
-        self.resume_button.setVisible(offer is not None)
-        self.resume_box.setVisible(offer is not None or other is not None)
-
-    # memory library ----------------------------------------------------------------------
-    def load_library(self, folder: str | os.PathLike | None = None) -> bool:
-        """Load a memory library folder; it guides this viewer's segmentations."""
-        if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Load a memory library", str(self._dialog_folder()))
-            if not folder:
-                return False
-        try:
-            library = MemoryLibrary.load(folder)
-        except (SamEd2Error, OSError, ValueError, KeyError, TypeError) as exc:
-            self._say(f"Could not load the memory library: {exc}")
-            return False
-        self.state.library, self.state.library_folder, self.state.library_changed = library, Path(folder), False
-        note = self._attach_library(library)
-        self._show_library()
-        self._update_buttons()
-        self._say(f"Loaded the memory library in {folder} ({len(library)} entries). {note}".strip())
-        return True
-
-    def _attach_library(self, library: MemoryLibrary) -> str:
-        """Give the open segmentation ``library`` unless it already draws on another one."""
-        session = self.session
-        if session is None:
-            return "It guides the next segmentation."
-        if session.library is library:
-            return ""
-        if session.library is not None and any(memory.library for memory in session.memories.values()):
-            return ("This segmentation keeps the library it already uses (its entries are in the inspector); the "
-                    "loaded one guides the next segmentation.")
-        with session.lock:
-            session.library = library
-        return "It guides the slices segmented from now on (Propagate again to use it on slices already done)."
-
-    def _library_for(self, saved: SavedSession) -> tuple[MemoryLibrary | None, list[str]]:
-        """The library to resume ``saved`` with, and what to say about it: the loaded one, or
-        the one it was saved with when none is loaded (the state changes only once it opened)."""
-        used = saved.meta.get("library") or {}
-        folder, loaded = used.get("folder"), self.state.library
-        if not used or self.state.library_folder is not None and str(self.state.library_folder) == folder:
-            return loaded, []
-        if loaded is None and folder:
-            try:
-                return MemoryLibrary.load(folder), [f"Loaded its memory library from {folder}."]
-            except (SamEd2Error, OSError, ValueError, KeyError, TypeError):
-                pass
-        return loaded, [f"It was saved with the memory library in {folder or 'a folder never saved'}, which is not "
-                        "the one loaded: pins and evictions of library entries may not carry over."]
-
-    def save_library(self, folder: str | os.PathLike | None = None) -> bool:
-        library = self.state.library
-        if library is None:
-            self._say("No memory library to save: load one, or Add confirmed object to start one.")
-            return False
-        if folder is None:
-            suggestion = self.state.library_folder or self._dialog_folder() / "memory library"
-            folder, _ = QFileDialog.getSaveFileName(self, "Save the memory library as a folder", str(suggestion))
-            if not folder:
-                return False
-        try:
-            library.save(folder)
-        except (SamEd2Error, OSError) as exc:
-            self._say(f"Could not save the memory library: {exc}")
-            return False
-        self.state.library_folder, self.state.library_changed = Path(folder), False
-        self._show_library()
-        self._say(f"Saved the memory library ({len(library)} entries) in {folder}.")
-        return True
-
-    def add_confirmed(self, object_id: int | None = None) -> int | None:
-        """The object is right: add its most confident memories (at least the chosen confidence,
-        not evicted) to the memory library, which is started if none is loaded. One undo step."""
-        session = self.session
-        object_id = object_id if object_id is not None else self.current_object
-        if session is None or object_id is None:
-            self._say("Press New segmentation first.")
-            return None
-        if self._refuse_while_busy():
-            return None
-        started = self.ensure_library()
-        minimum = self.min_confidence.value()
-        try:
-            kept = session.add_to_library(
-                object_id, min_confidence=minimum, label=f"object {object_id}",
-                case=self.state.image_layer.name if self.state.image_layer is not None else "",
-            )
-        except _USER_ERRORS as exc:
-            self._say(_plain(exc))
-            return None
-        if kept and session.library is self.state.library:
-            self.state.library_changed = True
-        self._show_library()
-        self.state.memory_changed.emit()  # the undo button; an autosave
-        if not kept:
-            self._say(
-                f"{started}No memory of object {object_id} is at least {minimum:.2f} confident (evicted ones do not "
-                "count): nothing was added. Propagate and check the slices, or lower the confidence."
-            )
-        else:
-            self._say(
-                f"{started}Added {kept} memories of object {object_id} to the memory library (now {len(session.library)} "
-                "entries); Save library... keeps them, Undo takes them out."
-            )
-        return kept
-
-    def ensure_library(self) -> str:
-        """Give the session the viewer's memory library, starting one if there is none (what
-        confirmed memories go into); returns a note for the status line if one was started."""
-        session, started = self.session, ""
-        if session.library is None:
-            if self.state.library is None:
-                self.state.library, self.state.library_folder = MemoryLibrary(), None
-                started = "Started a new memory library. "
-            with session.lock:
-                session.library = self.state.library
-        return started
-
-    def _show_library(self) -> None:
-        library, folder = self.state.library, self.state.library_folder
-        if library is None:
-            text = "No memory library loaded (Add confirmed object starts one)."
-        elif folder is None:
-            text = f"Memory library: {len(library)} entries, not saved yet."
-        else:
-            changed = ", changed since saved" if self.state.library_changed else ""
-            text = f"Memory library: {len(library)} entries from {folder.name}{changed}."
-        self.library_status.setText(text)
-        self.library_status.setToolTip(str(folder) if folder is not None else "")
 
     # a panel opened again ----------------------------------------------------------------
     def _reconnect(self) -> None:
