@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The GPU check, as one command for a session that is lent the device (see the device tool's
-# README): the engine's tests on CUDA, then the speed benchmarks, each step under its own time
-# limit and the slowest (sam2's vos_optimized compiles with max-autotune) last. The limits add up
-# to 570 s: one call of the device tool (at most 600 s), leaving time in the session's 15 minutes.
+# README): the engine's tests on CUDA, then the speed benchmarks (issue #15), each step under its
+# own time limit and the slowest (sam2's vos_optimized compiles with max-autotune) after them; the
+# limits of those add up to 570 s, one call of the device tool (at most 600 s). Last, the time of
+# a continual adaptation on the device (issue #16), in whatever the call has left: the steps
+# before rarely use their whole limit, and if the call's limit ends this one, the reports of the
+# others are already in $OUT.
 #
 # Here, once:  bash ../shared/scripts/gpu-wheels.sh   (sam2, hydra and friends into .whl/)
+#              .venv/bin/python -m pip wheel -q --no-deps -w .whl "monai==$(.venv/bin/python -c 'import monai; print(monai.__version__)')"
+#              (the evaluation's NSD, which the continual step computes; pure Python, 2 MB)
 # There:       run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=590)
 # Rehearse on the CPU: DEVICE=cpu SIZE=64 FRAMES=4 LARGE_FRAMES=2 bash scripts/gpu_check.sh
 #
@@ -51,4 +56,10 @@ step bench_large 120 "$PY" benchmarks/bench_engine.py --device "$DEVICE" --frame
 # Stock vos_optimized last: its first call compiles every component with max-autotune.
 step bench_vos 180 "$PY" benchmarks/bench_engine.py --device "$DEVICE" --frames "$FRAMES" --size "$SIZE" \
   --vos-optimized --out "$OUT/benchmarks_cuda_vos.md"
+# Continual adaptation: two domains, one confirmed volume each, replay + distillation, at the
+# shape and clicks of docs/continual.md's run; the report's "s / adaptation" is what issue #16
+# asks for on a GPU (20 steps with the adaptation's check; 11-13 s on the CPU of that run).
+step continual 150 "$PY" benchmarks/bench_continual.py demo --device "$DEVICE" --domains mr ct \
+  --modes replay+distill --train-volumes 1 --test-volumes 1 --shape 16 128 128 --clicks 2 \
+  --out "$OUT/continual_cuda.md"
 ls -l "$OUT"
