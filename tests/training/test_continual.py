@@ -33,7 +33,7 @@ from napari_samed2.training.continual.adapt import _ContinualTrainer
 from napari_samed2.training.continual.distill import distillation
 from napari_samed2.training.data import make_clip
 from napari_samed2.training.losses import feature_distillation, output_distillation
-from napari_samed2.training.trainer import forward_clip
+from napari_samed2.training.clips import forward_clip
 from tests.training.conftest import ellipse_pair
 
 SIZE = 128

@@ -15,7 +15,7 @@ import torch
 from napari_samed2.engine import Session
 from napari_samed2.evaluation.prompts import correction_click, with_click
 from napari_samed2.training.data import make_clip, make_pair
-from napari_samed2.training.trainer import forward_clip
+from napari_samed2.training.clips import forward_clip
 from tests.training.conftest import ellipse_pair
 
 CLIP = [2, 3, 4, 5]

@@ -10,7 +10,8 @@ from napari_samed2 import load_model
 from napari_samed2.training import TrainConfig, Trainer, forward_clip, train
 from napari_samed2.training.adapters import PARTS, part_of, select_trainable
 from napari_samed2.training.data import load_pairs, make_clip
-from napari_samed2.training.trainer import clip_loss_terms, clip_targets, load_config
+from napari_samed2.training.clips import clip_loss_terms, clip_targets
+from napari_samed2.training.trainer import load_config
 from napari_samed2.training.losses import combine
 from tests.training.conftest import ellipse_pair
 

@@ -6,9 +6,10 @@ and napari-free, like the engine.
 """
 
 from napari_samed2.training.adapters import TRAINABLE, add_lora, parse_modules, select_trainable
+from napari_samed2.training.clips import forward_clip
 from napari_samed2.training.data import Clip, ClipSampler, VolumePair, load_pairs, make_pair
 from napari_samed2.training.losses import LOSS_WEIGHTS
-from napari_samed2.training.trainer import TrainConfig, Trainer, TrainProgress, forward_clip, train, validation_dice
+from napari_samed2.training.trainer import TrainConfig, Trainer, TrainProgress, train, validation_dice
 
 __all__ = [
     "LOSS_WEIGHTS",

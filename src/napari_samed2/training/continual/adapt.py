@@ -1,7 +1,7 @@
 """One adaptation: a copy of the model learns a confirmed case, then becomes a new version.
 
 The steps go through the fine-tuning module's :class:`~napari_samed2.training.trainer.Trainer`
-(its ``train_step``: the one tracking path, :func:`~napari_samed2.training.trainer.forward_clip`),
+(its ``train_step``: the one tracking path, :func:`~napari_samed2.training.clips.forward_clip`),
 extended by :class:`_ContinualTrainer` with replay clips, cached image features (when the
 encoder does not adapt) and the distillation and anchor terms.
 """
@@ -24,6 +24,7 @@ from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.versions import leaves_encoder
 from napari_samed2.models.temporal_adapter import has_temporal_adapters
 from napari_samed2.training.adapters import check_frozen, merged_key, merged_state_dict
+from napari_samed2.training.clips import ClipOutputs, clip_loss_terms, clip_targets, forward_clip
 from napari_samed2.training.continual.cases import CaseStore, ConfirmedCase, Retrieved
 from napari_samed2.training.continual.distill import anchor, distillation, feature_weight, fisher_importance
 from napari_samed2.training.continual.versions import ModelVersions, VersionInfo, default_versions_folder, model_origin
@@ -35,7 +36,7 @@ from napari_samed2.training.data import (
     check_share,
 )
 from napari_samed2.training.losses import combine
-from napari_samed2.training.trainer import ClipOutputs, TrainConfig, Trainer, clip_loss_terms, clip_targets, forward_clip
+from napari_samed2.training.trainer import TrainConfig, Trainer
 
 MODES = ("none", "naive", "replay", "replay+distill")
 #: The new case's first-slice prompts: mostly boxes, as the evaluation and most users start

@@ -25,7 +25,7 @@ def feature_weight(similarity: float, close: float, far: float) -> float:
 
 def distillation(student, teacher, weight: float) -> torch.Tensor:
     """``(1 - weight) * output-level + weight * feature-level`` distillation, averaged over the
-    clip's frames; ``student``/``teacher``: :class:`~napari_samed2.training.trainer.ClipOutputs`
+    clip's frames; ``student``/``teacher``: :class:`~napari_samed2.training.clips.ClipOutputs`
     of the same clip, tracked without correction clicks (so both saw the same inputs)."""
     per_frame = []
     for frame, (mine, theirs) in enumerate(zip(student.outputs, teacher.outputs)):
