@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_samed2.engine import FramePrompt, Session
-from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, retrieval_score
+from napari_samed2.engine.library import LibraryEntry, MemoryLibrary, library_tokens_in, retrieval_score
 from napari_samed2.engine.memory import ConfidencePolicy, EntrySource, EntryStatus, confidence_of
 from napari_samed2.errors import CheckpointError, VolumeError
 
@@ -213,3 +213,24 @@ def test_library_memories_join_propagation_and_can_be_evicted(small_model, array
     assert guided.stale[guided_obj] == set(range(1, FRAMES))
     list(guided.repropagate())
     assert torch.equal(logits(plain, plain_obj, 6), logits(guided, guided_obj, 6))
+
+
+class _SeesMemory(torch.nn.Module):
+    """Stands in for sam2's memory attention: returns the memory it was called with."""
+
+    def forward(self, *, memory, memory_pos, num_obj_ptr_tokens=0):
+        return memory, memory_pos
+
+
+def test_library_tokens_go_before_the_object_pointers_for_the_block_only():
+    attention = _SeesMemory()
+    memory, positions = torch.zeros(5, 1, 2), torch.zeros(5, 1, 2)  # 3 spatial tokens, then 2 pointers
+    tokens = (torch.ones(2, 1, 2), torch.full((2, 1, 2), 7.0))
+    with library_tokens_in(attention, tokens):
+        seen, seen_pos = attention(memory=memory, memory_pos=positions, num_obj_ptr_tokens=2)
+    assert seen[:, 0, 0].tolist() == [0, 0, 0, 1, 1, 0, 0]
+    assert seen_pos[:, 0, 0].tolist() == [0, 0, 0, 7, 7, 0, 0]
+    with pytest.raises(RuntimeError), library_tokens_in(attention, tokens):
+        raise RuntimeError("a failed step")
+    assert not attention._forward_pre_hooks  # removed, after the failure too: the model is shared
+    assert attention(memory=memory, memory_pos=positions)[0].shape[0] == 5
