@@ -66,7 +66,7 @@ def test_a_slice_output_depends_on_its_pair_partner_only(samed2_model):
         # a fixed window: the default percentile window would change with any slice's content
         session = Session(samed2_model, data, normalise=IntensityWindow(0.0, 200.0))
         with samed2_model.inference():
-            return session._features(0).vision_feats[-1].clone(), session
+            return session.features[0].vision_feats[-1].clone(), session
 
     reference, session = frame0_features(volume)
     assert session.frames_encoded == 2  # frames 0 and 1 were encoded together
@@ -99,7 +99,7 @@ def test_background_encoding_encodes_pairs_and_keeps_the_features(samed2_model):
     plain = Session(samed2_model, volume)
     with samed2_model.inference():
         for f in range(5):
-            mine, theirs = plain._features(f), prefetched._features(f)
+            mine, theirs = plain.features[f], prefetched.features[f]
             assert all(torch.equal(a, b) for a, b in zip(mine.vision_feats, theirs.vision_feats, strict=True))
     assert prefetched.frames_encoded == 5  # everything came from the cache
 
@@ -123,7 +123,7 @@ def test_batched_background_encoding_keeps_the_pairs(samed2_model, monkeypatch):
         inputs = [batched.volume.model_input(f, SIZE, samed2_model.spec.preprocessing) for f in (2, 3, 4, 4)]
         assert torch.equal(batches[0], torch.stack(inputs))  # pairs (2, 3), (4, 4) in the adapter's order
         for f in range(5):
-            mine, theirs = plain._features(f), batched._features(f)
+            mine, theirs = plain.features[f], batched.features[f]
             assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5)
                        for a, b in zip(mine.vision_feats, theirs.vision_feats, strict=True))
     assert batched.frames_encoded == 5  # everything came from the cache

@@ -51,7 +51,7 @@ from napari_samed2.engine.persistence import load_session, save_session
 from napari_samed2.engine.prompts import FramePrompt
 from napari_samed2.engine.results import FrameResult, ObjectResult
 from napari_samed2.engine.slice_features import SliceFeatures
-from napari_samed2.engine.step import Features, encode_prompt_memory, track_step
+from napari_samed2.engine.step import encode_prompt_memory, track_step
 from napari_samed2.engine.volume import Volume, as_volume, frame_number
 from napari_samed2.errors import HistoryError, ObjectError, PromptError, SessionError
 from napari_samed2.models.loading import LoadedModel
@@ -409,7 +409,7 @@ class Session:
         encoded = {}
         with self.model.inference():
             for frame, entry in sorted(memory.pending.items()):
-                features = self._features(frame)
+                features = self.features[frame]
                 maskmem, pos_enc = encode_prompt_memory(
                     self.model.sam, features, entry.low_res_logits.to(self.model.device),
                     torch.tensor([[entry.object_score]], device=self.model.device),
@@ -437,7 +437,7 @@ class Session:
     ) -> MemoryEntry:
         """One sam2 tracking step for one object, with the policy's choice of memories."""
         sam = self.model.sam
-        features = self._features(frame)
+        features = self.features[frame]
         descriptor = features.descriptor
         view = self.policy.view(memory, frame, reverse, sam, descriptor)
         extra = None if is_init_cond_frame else self._retrieve(memory, descriptor, features.feat_sizes[-1])
@@ -506,9 +506,6 @@ class Session:
     def frames_encoded(self) -> int:
         """Image-encoder runs so far, for tests and benchmarks."""
         return self.features.frames_encoded
-
-    def _features(self, frame: int) -> Features:
-        return self.features[frame]
 
     def cache_key(self, frame: int) -> str:
         return self.features.cache_key(frame)
@@ -620,7 +617,7 @@ class Session:
         """What the policy would let ``frame`` attend to now (for the inspector and tests)."""
         frame = self._check_frame(frame)
         with self.model.inference():
-            descriptor = self._features(frame).descriptor
+            descriptor = self.features[frame].descriptor
         return self.policy.view(self._memory(object_id), frame, reverse, self.model.sam, descriptor)
 
     def add_to_library(

@@ -19,7 +19,7 @@ from napari_samed2.engine.prefetch import on_side_stream
 from napari_samed2.engine.step import Features, features_from_backbone, position_encodings
 from napari_samed2.engine.volume import Volume
 from napari_samed2.models.loading import LoadedModel
-from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
+from napari_samed2.models.temporal_adapter import encoder_pair, has_temporal_adapters
 
 
 class SliceFeatures:
@@ -54,10 +54,7 @@ class SliceFeatures:
     def encoder_input(self, frame: int) -> tuple[int, ...]:
         """The slices that go through the image encoder for ``frame``, in order: itself, or
         SAMed-2's pair (0, 1), (2, 3), ... (a last odd frame twice: it is paired with itself)."""
-        if not self.paired:
-            return (frame,)
-        first = frame - frame % PAIR
-        return (first, min(first + 1, len(self.volume) - 1))
+        return encoder_pair(frame, len(self.volume)) if self.paired else (frame,)
 
     def encoded_with(self, frame: int) -> tuple[int, ...]:
         """The frames whose features one encoder run for ``frame`` computes (its SAMed-2 partner

@@ -17,6 +17,13 @@ ADAPTER_CHANNELS = 32
 PAIR = 2  # the release's temporal split factor: items are processed in consecutive pairs
 
 
+def encoder_pair(frame: int, length: int) -> tuple[int, int]:
+    """The slices of a ``length``-slice volume that go through the encoder together with
+    ``frame``, in order: (0, 1), (2, 3), ...; a last odd slice is paired with itself."""
+    first = frame - frame % PAIR
+    return first, min(first + 1, length - 1)
+
+
 class TemporalAdapter(nn.Module):
     """LayerNorm -> Linear(C->32) -> Conv3d over (pair, H, W) -> GELU -> Linear(32->C), residual."""
 

@@ -24,7 +24,7 @@ from napari_samed2.engine.step import Features, StepOutput, encode_images, encod
 from napari_samed2.errors import TrainingError
 from napari_samed2.evaluation.prompts import correction_click, with_click
 from napari_samed2.models.loading import LoadedModel
-from napari_samed2.models.temporal_adapter import PAIR, has_temporal_adapters
+from napari_samed2.models.temporal_adapter import encoder_pair, has_temporal_adapters
 from napari_samed2.training.data import Clip
 from napari_samed2.training.losses import LOSS_WEIGHTS, mask_losses, mean_terms
 
@@ -48,10 +48,7 @@ def _frame_features(model: LoadedModel, clip: Clip, paired: bool) -> Iterator[tu
     cached: dict[int, Features] = {}
     for frame in range(len(clip)):
         if frame not in cached:
-            frames = [frame]
-            if paired:
-                first = frame - frame % PAIR
-                frames = [first, min(first + 1, len(clip) - 1)]
+            frames = encoder_pair(frame, len(clip)) if paired else (frame,)
             images = torch.stack([clip.volume.model_input(f, size, preprocessing) for f in frames])
             for f, features in zip(frames, encode_images(model.sam, images.to(model.device))):
                 cached.setdefault(f, features)
