@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_samed2._widgets.segmentation_panel import SegmentationPanel
 from napari_samed2._widgets.state import shared_state
@@ -53,3 +54,39 @@ def test_shutdown_cancels_queued_work_and_returns_once_the_worker_stopped(make_n
     assert panel.shutdown(timeout_s=60.0)
     assert not worker.is_running and not panel._jobs
     assert panel.work.panel is None  # the worker's signals still queued go nowhere: the window is closing
+
+
+def test_the_panel_hears_its_window_close_through_its_parents_not_napari_private_attributes(qtbot, monkeypatch):
+    """The close watcher follows the panel's parent chain, so a panel put in a dock after it was
+    built, and the dock in a window after that, still shuts down when that window closes, and
+    not when only the dock closes (napari plugins lose ``Window._qt_window`` in 0.10)."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    panel = SegmentationPanel(None)
+    calls = []
+    monkeypatch.setattr(panel._close_watcher, "_on_close", lambda: calls.append("shutdown"))
+    dock = QDockWidget("panel")
+    dock.setWidget(panel)
+    window = QMainWindow()
+    qtbot.addWidget(window)
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    dock.close()
+    assert calls == []
+    window.close()
+    assert calls == ["shutdown"]
+
+
+
+def test_the_panel_touches_no_private_napari_attribute_through_the_plugin_proxy(make_napari_viewer):
+    """napari hands plugins its viewer behind a proxy that warns on private attributes, which
+    plugins lose in napari 0.10 (the close watcher used to read ``Window._qt_window``)."""
+    import warnings
+
+    from napari.utils._proxies import PublicOnlyProxy
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 16, 16), np.float32), name="mr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        panel = SegmentationPanel(PublicOnlyProxy(viewer))
+        viewer.window.add_dock_widget(panel)

@@ -133,15 +133,37 @@ def _drive(steps: Iterator[_Step]) -> Iterator[_Step]:
 
 
 class _CloseWatcher(QObject):
-    """Calls ``on_close`` when the napari window gets its close event, before Qt deletes the
-    widgets a running worker would still signal to."""
+    """Calls ``on_close`` when the window holding ``widget`` gets its close event, before Qt
+    deletes the widgets a running worker would still signal to.
 
-    def __init__(self, on_close: Callable[[], None], parent: QObject):
-        super().__init__(parent)
+    It watches ``widget``'s chain of parents (the panel, its dock, napari's main window) and
+    follows it when a parent changes, so it needs no handle on napari's window object: a dock
+    added after the panel was built, or made floating, keeps the main window at its root. Only
+    the root's close counts: closing the dock itself is not closing the viewer.
+    """
+
+    def __init__(self, on_close: Callable[[], None], widget: QWidget):
+        super().__init__(widget)
         self._on_close = on_close
+        self._widget = widget
+        self._watch_ancestors()
+
+    def _ancestors(self) -> list[QWidget]:
+        chain = [self._widget]
+        while chain[-1].parentWidget() is not None:
+            chain.append(chain[-1].parentWidget())
+        return chain
+
+    def _watch_ancestors(self) -> None:
+        # No list of watched widgets is kept (it would keep napari's window alive): a former
+        # ancestor keeps the filter, and only the chain's root as it is now counts.
+        for ancestor in self._ancestors():
+            ancestor.installEventFilter(self)
 
     def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.Close:
+        if event.type() == QEvent.Type.ParentChange:
+            self._watch_ancestors()
+        elif event.type() == QEvent.Type.Close and watched is not self._widget and watched is self._ancestors()[-1]:
             self._on_close()
         return False
 
@@ -339,16 +361,12 @@ class SegmentationPanel(SessionFilesMixin, LibraryMixin, QWidget):
         self.continual = ContinualSection(self)  # Confirm volume, Learn from confirmed cases
 
         self._lay_out()
+        self._close_watcher = _CloseWatcher(self.shutdown, self)  # the viewer's window closing
         if napari_viewer is not None:
             self._bind_shortcuts(napari_viewer)
             for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
                 event.connect(self._layers_changed)
             napari_viewer.layers.events.removed.connect(self._layer_removed)
-            window = getattr(napari_viewer.window, "_qt_window", None)
-            window = getattr(window, "__wrapped__", window)  # a plugin's viewer is napari's proxy
-            if isinstance(window, QObject):
-                self._close_watcher = _CloseWatcher(self.shutdown, window)
-                window.installEventFilter(self._close_watcher)
         self.image_choice.changed.connect(self._image_changed)
         self.state.model_changed.connect(self._model_changed)
         self.state.repropagate_requested.connect(self._repropagate_requested)
