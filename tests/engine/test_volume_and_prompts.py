@@ -191,3 +191,30 @@ def test_prompts_in_any_reasonable_form_are_accepted():
         prompt = FramePrompt(mask=mask)
         prompt.validate((8, 8))
         assert prompt.mask.dtype == bool and prompt.mask.sum() == 8
+
+
+def test_input_smoothing_follows_the_noise_and_leaves_clean_volumes_bit_identical():
+    """A model's input smoothing blurs by strength x noise level: a speckled volume is
+    smoothed (and stretched to its smoothed range), a clean one gets exactly the input of no
+    smoothing, which keeps the oracle's exact path."""
+    from napari_samed2.models.registry import Preprocessing
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    disc = ((yy - 32) ** 2 + (xx - 30) ** 2 < 15**2).astype(np.float32)
+    clean = Volume(np.stack([100 + 400 * disc + rng.normal(0, 2, disc.shape) for _ in range(5)]).astype(np.float32))
+    speckled = Volume(np.stack([(0.3 + 0.7 * disc) * 200 * rng.rayleigh(0.8, disc.shape) for _ in range(5)]).astype(np.float32))
+    assert clean.noise_level < 0.05 < 0.2 < speckled.noise_level
+    exact = clean.model_input(2, 64, Preprocessing.UNIT_RANGE)
+    assert torch.equal(clean.model_input(2, 64, Preprocessing.UNIT_RANGE, smoothing=6.0), exact)
+    assert speckled.smoothing_sigma(6.0) > 1.0 and speckled.smoothing_sigma(0.0) == 0.0
+    rough = speckled.model_input(2, 64, Preprocessing.UNIT_RANGE)
+    smooth = speckled.model_input(2, 64, Preprocessing.UNIT_RANGE, smoothing=6.0)
+    inside, outside = disc > 0, disc == 0
+
+    def contrast(image):  # object against background, in units of the background's spread
+        values = image[0].numpy()
+        return (values[inside].mean() - values[outside].mean()) / values[outside].std()
+
+    assert contrast(smooth) > 2 * contrast(rough)
+    assert 0.0 <= float(smooth.min()) and float(smooth.max()) <= 1.0

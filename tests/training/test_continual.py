@@ -29,7 +29,7 @@ from napari_samed2.training.continual import (
     feature_weight,
     loss_on_case,
 )
-from napari_samed2.training.continual.adapt import _ContinualTrainer
+from napari_samed2.training.continual.adapt import AdaptConfig, _ContinualTrainer
 from napari_samed2.training.continual.distill import distillation
 from napari_samed2.training.data import make_clip
 from napari_samed2.training.losses import feature_distillation, output_distillation
@@ -372,3 +372,46 @@ def test_session_confirm_adds_memories_and_the_case(model, tmp_path):
     np.testing.assert_array_equal(stored.image, image[present[0] : present[-1] + 1])
     assert [(p.object_id, p.frame + stored.first_slice) for p in stored.prompts] == [(object_id, 2)]
     assert session.undo() is not None and len(session.library) == 0  # one undo step takes the memories out
+
+
+def test_input_smoothing_is_chosen_where_it_pays_and_only_cases_it_changes_are_evaluated(model, monkeypatch):
+    """choose_smoothing: the best candidate by the cases' Dice, the model's own unless another
+    gains the margin, and clean cases (whose input no candidate changes) never evaluated."""
+    adapt_module = importlib.import_module("napari_samed2.training.continual.adapt")
+
+    rng = np.random.default_rng(0)
+    labels = np.pad(np.ones((4, 24, 24), np.uint16), ((0, 0), (12, 12), (12, 12)))
+    clean = ConfirmedCase("clean", (100 + 400 * labels + rng.normal(0, 2, labels.shape)).astype(np.float32), labels, direction(1))
+    speckled = ConfirmedCase("speckled", (200 * rng.rayleigh(0.8, labels.shape)).astype(np.float32), labels, direction(0, 1))
+    evaluated = []
+
+    def fake_dice(scored, case):
+        evaluated.append((case.name, scored.input_smoothing))
+        return {0.0: 0.2, 3.0: 0.3, 6.0: 0.45}[scored.input_smoothing]
+
+    monkeypatch.setattr(adapt_module, "case_dice", fake_dice)
+    assert adapt_module.choose_smoothing(model, [clean, speckled], (0.0, 3.0, 6.0), margin=0.02) == 6.0
+    assert {name for name, _ in evaluated} == {"speckled"}
+    evaluated.clear()
+    assert adapt_module.choose_smoothing(model, [clean, speckled], (0.0, 3.0, 6.0), margin=0.6) == 0.0  # gain below the margin
+    assert adapt_module.choose_smoothing(model, [clean], (0.0, 3.0, 6.0), margin=0.0) == 0.0
+    assert adapt_module.choose_smoothing(model, [speckled], (), margin=0.02) == 0.0
+    with pytest.raises(TrainingError, match="smoothing"):
+        AdaptConfig(smoothing=(-1.0,))
+
+
+def test_a_version_keeps_its_input_smoothing_and_encodes_afresh(model, tmp_path, monkeypatch):
+    adapt_module = importlib.import_module("napari_samed2.training.continual.adapt")
+
+    monkeypatch.setattr(adapt_module, "choose_smoothing", lambda *args: 6.0)
+    store = CaseStore.open(tmp_path / "store")
+    result = list(adapt(model, real_case(model, 0), store, check=False, versions=tmp_path / "versions", steps=1))[-1].result
+    assert result.model.input_smoothing == 6.0 and result.version.input_smoothing == 6.0
+    assert result.model.feature_signature != model.feature_signature  # its encoder sees smoothed slices
+    reloaded = load_model(result.version.path, device="cpu", dtype="float32")
+    assert reloaded.input_smoothing == 6.0 and reloaded.feature_signature == result.model.feature_signature
+    image = (200 * np.random.default_rng(1).rayleigh(0.8, (FRAMES, 48, 56))).astype(np.float32)
+    from napari_samed2.engine.volume import Volume
+
+    volume = Volume(image)
+    assert not torch.equal(reloaded.input_for(volume, 2), model.input_for(volume, 2))

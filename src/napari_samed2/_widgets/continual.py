@@ -393,7 +393,8 @@ class ContinualSection(QGroupBox):
         replayed = f", replaying {len(result.retrieved)} earlier cases" if result.retrieved else ""
         checked = (f", Dice on it {result.check.before:.2f} -> {result.check.after:.2f}"
                    if result.check is not None else "")
-        learned = (f"Learned case {run.case_id} ({_what(run.config)}{replayed}{checked}) in "
+        smoothing = _smoothing_note(result.model.input_smoothing)
+        learned = (f"Learned case {run.case_id} ({_what(run.config)}{replayed}{checked}{smoothing}) in "
                    f"{result.seconds:.1f} s: version {version}")
         late = " (Cancel came after the last step)" if run.cancelled else ""
         if self.state.model is not run.model:
@@ -512,7 +513,8 @@ class VersionsSection(QGroupBox):
         self.versions = versions
         loaded, current = self.loaded_version, versions.current
         for name, text, tip in [(BASE, "base weights", found[0].base)] + [
-            (v.version, f"{v.mode}, {v.steps} steps on {v.case!r}", f"{v.created}; replayed: {v.replayed or 'none'}; {v.path}")
+            (v.version, f"{v.mode}, {v.steps} steps on {v.case!r}{_smoothing_note(v.input_smoothing)}",
+             f"{v.created}; replayed: {v.replayed or 'none'}; {v.path}")
             for v in found
         ]:
             marks = [m for m, on in (("loaded", name == loaded), ("current", name == current)) if on]
@@ -606,3 +608,8 @@ class VersionsSection(QGroupBox):
             f"{names[0]} → {names[1]}: weights differ by {100 * comparison.weight_distance:.2f} % (relative L2)"
             + ("; " + "; ".join(lines) if lines else "") + "."
         )
+
+
+def _smoothing_note(smoothing: float) -> str:
+    """What a version's input smoothing means to a user, or nothing when it has none."""
+    return f", smoothing noisy slices (strength {smoothing:g})" if smoothing else ""

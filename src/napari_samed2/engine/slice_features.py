@@ -71,8 +71,7 @@ class SliceFeatures:
         frame is paired with itself (and keeps the second copy's features, as it always has).
         """
         images = [f for pair in dict.fromkeys(self.encoder_input(f) for f in frames) for f in pair]
-        size, preprocessing = self.model.image_size, self.model.spec.preprocessing
-        batch = torch.stack([self.volume.model_input(f, size, preprocessing) for f in images])
+        batch = torch.stack([self.model.input_for(self.volume, f) for f in images])
         backbone = self.model.sam.forward_image(batch.to(self.model.device))
         fpn = {f: [level[i : i + 1].clone() for level in backbone["backbone_fpn"]] for i, f in enumerate(images)}
         return fpn, [p[:1] for p in backbone["vision_pos_enc"]]

@@ -69,6 +69,9 @@ class LoadedModel:
     #: the :attr:`feature_signature` of a model whose image encoder this one has unchanged (a
     #: continual-adaptation version: the base's), so both read the same cached image features
     shares_features_with: str | None = None
+    #: input smoothing per unit of a volume's noise level (0: none; see ``Volume.model_input``):
+    #: a continual-adaptation version may choose it for a noisy modality, e.g. ultrasound speckle
+    input_smoothing: float = 0.0
 
     @property
     def image_size(self) -> int:
@@ -82,6 +85,8 @@ class LoadedModel:
         if self.checkpoint is not None and self.checkpoint.exists():
             source = f"file:{file_digest(self.checkpoint)}"
         text = f"{self.spec.name}|{self.image_size}|{self.dtype}|{source}"
+        if self.input_smoothing:
+            text += f"|smoothing {self.input_smoothing:g}"
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
     @property
@@ -90,6 +95,10 @@ class LoadedModel:
         compute settings): the embedding cache's key. A version that only adapted memory
         attention or the decoder shares its base's, so switching to it encodes nothing again."""
         return self.shares_features_with or self.signature
+
+    def input_for(self, volume, frame: int) -> torch.Tensor:
+        """Frame ``frame`` of ``volume`` (an ``engine.Volume``) as this model's input."""
+        return volume.model_input(frame, self.image_size, self.spec.preprocessing, smoothing=self.input_smoothing)
 
     @property
     def num_parameters(self) -> int:

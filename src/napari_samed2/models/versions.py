@@ -89,5 +89,18 @@ def load_version(
         for key, value in delta.items():
             state[key].copy_(value)
     base.sam.to(torch_device)
+    smoothing = _smoothing(path, metadata)
+    same_input = leaves_encoder(delta) and smoothing == base.input_smoothing
     return LoadedModel(base.spec, base.sam, torch_device, base.dtype, path,
-                       shares_features_with=base.feature_signature if leaves_encoder(delta) else None)
+                       shares_features_with=base.feature_signature if same_input else None, input_smoothing=smoothing)
+
+
+def _smoothing(path: Path, metadata: Mapping[str, str]) -> float:
+    """The version's input smoothing (0 for versions saved before it existed)."""
+    try:
+        value = float(metadata.get("input_smoothing", 0.0))
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise CheckpointError(f"{path.name} has input_smoothing {metadata.get('input_smoothing')!r}, not a number >= 0: the file is damaged")
+    return value

@@ -44,12 +44,11 @@ class ClipOutputs:
 def _frame_features(model: LoadedModel, clip: Clip, paired: bool) -> Iterator[tuple[int, Features]]:
     """Each frame's features, computed one frame (or, with temporal adapters, one pair of
     frames) at a time, as the engine does; gradients follow the caller's grad mode."""
-    size, preprocessing = model.image_size, model.spec.preprocessing
     cached: dict[int, Features] = {}
     for frame in range(len(clip)):
         if frame not in cached:
             frames = encoder_pair(frame, len(clip)) if paired else (frame,)
-            images = torch.stack([clip.volume.model_input(f, size, preprocessing) for f in frames])
+            images = torch.stack([model.input_for(clip.volume, f) for f in frames])
             for f, features in zip(frames, encode_images(model.sam, images.to(model.device))):
                 cached.setdefault(f, features)
         yield frame, cached.pop(frame)

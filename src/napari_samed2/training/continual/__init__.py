@@ -16,6 +16,17 @@ parameters, 1 % of the demo model), cheap to train, and leave the image encoder 
 are computed once per slice and reused by every step (and case fingerprints stay comparable
 across versions). At the end the adapters are merged and only the changed weights are saved.
 
+And the input: before training, the version chooses an *input smoothing* ``k`` among
+``smoothing`` (0, 3, 6): slices are blurred in-plane by ``k`` x the volume's noise level
+pixels and stretched to the smoothed range (``engine.Volume.model_input``). Each candidate is
+scored by the Dice of a box on each object's middle slice (as the check below) on the new case
+and on the replayed cases whose input it changes (clean volumes, noise ~0.03, are not
+smoothed at these strengths, so they are neither evaluated nor changed); the best replaces the
+model's own only when it gains ``smoothing_margin`` (0.02). Why: the demo model's encoder never
+saw speckle, and a few adapter steps cannot teach it to (docs/continual.md); smoothing in
+proportion to the noise gives it an image it reads, for the modalities that need it only, as
+adapting normalisation statistics per domain does. A version with smoothing encodes afresh.
+
 The rule, per step (``batch`` clips, mode ``replay+distill``):
 
 1. **Retrieval.** The stored cases are ranked by the cosine similarity ``s`` of their

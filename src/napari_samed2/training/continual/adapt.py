@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from napari_samed2.engine.step import Features, encode_images
+from napari_samed2.engine.volume import Volume
 from napari_samed2.errors import LabelError, TrainingError, VolumeError
+from napari_samed2.io.intensity import IntensityWindow
 from napari_samed2.models.loading import LoadedModel
 from napari_samed2.models.versions import leaves_encoder
 from napari_samed2.models.temporal_adapter import has_temporal_adapters
@@ -59,6 +61,13 @@ class AdaptConfig:
     to feature-level; ``fisher_clips``: earlier-case clips the importance is estimated on.
     ``prompt_probs`` and ``middle_start_prob``: the new case's clips, as in
     :class:`~napari_samed2.training.data.ClipSampler`.
+    ``smoothing``: the input smoothings (per unit of a volume's noise level, see
+    ``Volume.model_input``) the version may choose from, before training, by the Dice of a box
+    on each object's middle slice of the new case and of the replayed cases whose input they
+    change; a candidate replaces the model's own only when it gains at least
+    ``smoothing_margin`` there. Clean volumes are not smoothed at these strengths, so the
+    choice follows noisy modalities (ultrasound-like speckle) and leaves the others as they
+    were (measured in docs/continual.md); ``()`` keeps the model's.
     ``check``: keep the adapted model only if it segments the new case (a box on each object's
     middle slice, propagated, as the evaluation starts) at least as well as the model before;
     otherwise no version is written and the model stays (see :class:`CaseCheck`).
@@ -82,6 +91,8 @@ class AdaptConfig:
     seed: int = 0
     prompt_probs: dict[str, float] = field(default_factory=lambda: dict(ADAPT_PROMPT_PROBS))
     middle_start_prob: float = 0.5
+    smoothing: tuple[float, ...] = (0.0, 3.0, 6.0)
+    smoothing_margin: float = 0.02
     check: bool = True
 
     def __post_init__(self) -> None:
@@ -100,6 +111,9 @@ class AdaptConfig:
         feature_weight(1.0, self.close, self.far)  # checks far < close
         object.__setattr__(self, "prompt_probs", check_prompt_probs(self.prompt_probs))
         check_share("middle_start_prob", self.middle_start_prob)
+        if any(not np.isfinite(k) or k < 0 for k in self.smoothing):
+            raise TrainingError(f"smoothing strengths must be finite and >= 0, got {self.smoothing}")
+        object.__setattr__(self, "smoothing", tuple(float(k) for k in self.smoothing))
         train = self.train.split(",") if isinstance(self.train, str) else self.train
         object.__setattr__(self, "train", tuple(t.strip() for t in train if t.strip()))
 
@@ -187,7 +201,7 @@ class _ContinualTrainer(Trainer):
         self.adapt = config
         self.replay: list[_ReplaySource] = []
         self.groups = []
-        self._features: dict[tuple[str, int], Features] = {}
+        self._features: dict[tuple[str, int, float], Features] = {}
         self._cache_features = not self.train_encoder and not has_temporal_adapters(student.sam)
 
     def add_replay(self, pair: VolumePair, similarity: float) -> None:
@@ -210,16 +224,18 @@ class _ContinualTrainer(Trainer):
     def correction_frames(self, clip: Clip) -> tuple[int, ...]:
         return () if isinstance(clip, ReplayClip) else super().correction_frames(clip)
 
-    def clip_features(self, clip: Clip) -> list[Features] | None:
+    def clip_features(self, clip: Clip, model: LoadedModel | None = None) -> list[Features] | None:
+        """The clip's features as ``model`` (default: the student) sees them: the teacher's
+        frozen encoder, on the input smoothing of the model asked for."""
         if not self._cache_features:
             return None
-        model = self.teacher  # the same frozen encoder as the student's
+        smoothing = (model or self.model).input_smoothing
         for index, frame in enumerate(clip.frames):
-            if (clip.source, frame) not in self._features:
-                image = clip.volume.model_input(index, model.image_size, model.spec.preprocessing)[None]
+            if (clip.source, frame, smoothing) not in self._features:
+                image = dataclasses.replace(self.teacher, input_smoothing=smoothing).input_for(clip.volume, index)[None]
                 with torch.no_grad():
-                    self._features[(clip.source, frame)] = encode_images(model.sam, image.to(model.device))[0]
-        return [self._features[(clip.source, frame)] for frame in clip.frames]
+                    self._features[(clip.source, frame, smoothing)] = encode_images(self.teacher.sam, image.to(self.teacher.device))[0]
+        return [self._features[(clip.source, frame, smoothing)] for frame in clip.frames]
 
     def extra_terms(self, clip: Clip, outputs: ClipOutputs) -> dict[str, torch.Tensor]:
         zero = torch.zeros((), device=self.model.device)
@@ -228,7 +244,7 @@ class _ContinualTrainer(Trainer):
         distill = zero
         if isinstance(clip, ReplayClip):
             with torch.no_grad():
-                taught = forward_clip(self.teacher, clip, policy=self.config.memory_policy, features=self.clip_features(clip))
+                taught = forward_clip(self.teacher, clip, policy=self.config.memory_policy, features=self.clip_features(clip, self.teacher))
             distill = distillation(outputs, taught, clip.feature_weight)
         return {"distill": distill, "anchor": anchor(self.groups) if self.groups else zero}
 
@@ -250,8 +266,37 @@ class _ContinualTrainer(Trainer):
         self.groups = fisher_importance(self.model.sam, [task_loss(clip) for clip in clips])
 
 
-def _student(model: LoadedModel) -> LoadedModel:
-    return LoadedModel(model.spec, copy.deepcopy(model.sam), model.device, model.dtype, model.checkpoint)
+def _student(model: LoadedModel, input_smoothing: float) -> LoadedModel:
+    return LoadedModel(model.spec, copy.deepcopy(model.sam), model.device, model.dtype, model.checkpoint,
+                       input_smoothing=input_smoothing)
+
+
+def choose_smoothing(model: LoadedModel, cases: list[ConfirmedCase], candidates, margin: float) -> float:
+    """The input smoothing among ``candidates`` (and the model's own) under which ``model``
+    segments ``cases`` best (mean :func:`case_dice`); the model's own unless another gains at
+    least ``margin``. Cases whose input no candidate changes are not evaluated (their Dice is
+    the same under each), nor are cases the evaluation cannot score."""
+    current = model.input_smoothing
+    options = sorted({current, *candidates})
+    if len(options) == 1:
+        return current
+    scores = dict.fromkeys(options, 0.0)
+    for case in cases:
+        volume = Volume(case.image, normalise=None if case.window is None else IntensityWindow(*case.window))
+        sigmas = {k: volume.smoothing_sigma(k) for k in options}
+        if len(set(sigmas.values())) == 1:
+            continue
+        by_sigma: dict[float, float] = {}
+        try:
+            for k, sigma in sigmas.items():
+                if sigma not in by_sigma:
+                    by_sigma[sigma] = case_dice(dataclasses.replace(model, input_smoothing=k), case)
+        except (LabelError, VolumeError):
+            continue
+        for k in options:
+            scores[k] += by_sigma[sigmas[k]] / len(cases)
+    best = max(options, key=lambda k: (scores[k], -abs(k - current)))
+    return best if scores[best] >= scores[current] + margin else current
 
 
 def adapt(
@@ -286,8 +331,10 @@ def adapt(
     retrieved = tuple(store.retrieve(new_case.descriptor, config.top_k, exclude={new_case.key})) if config.replays else ()
     earlier = [(r, store.case(r.case_id).pair(f"{r.case_id}:{r.name}")) for r in retrieved]
 
+    smoothing = choose_smoothing(model, [new_case] + [store.case(r.case_id) for r in retrieved], config.smoothing,
+                                 config.smoothing_margin)
     torch.manual_seed(config.seed)
-    student = _student(model)
+    student = _student(model, smoothing)
     trainer = _ContinualTrainer(student, model, new_case.pair(f"new:{new_case.name}"), config)
     for found, pair in earlier:
         trainer.add_replay(pair, found.similarity)
@@ -309,11 +356,13 @@ def adapt(
     delta = {key: merged[key] for key in changed}
     info = folder.save(
         model, delta, mode=config.mode, steps=config.steps, trained=",".join(config.train), case=new_case.name,
-        case_key=new_case.key, replayed=",".join(r.name for r in retrieved),
+        case_key=new_case.key, replayed=",".join(r.name for r in retrieved), input_smoothing=smoothing,
     )
-    # with the image encoder left as it was, the new version reads the features cached for this one
+    # with the image encoder and its input left as they were, the new version reads the features cached for this one
+    same_input = leaves_encoder(delta) and smoothing == model.input_smoothing
     adapted = LoadedModel(model.spec, copy.deepcopy(model.sam).eval(), model.device, model.dtype, info.path,
-                          shares_features_with=model.feature_signature if leaves_encoder(delta) else None)
+                          shares_features_with=model.feature_signature if same_input else None,
+                          input_smoothing=smoothing)
     state = adapted.sam.state_dict()
     with torch.no_grad():
         for key, value in delta.items():

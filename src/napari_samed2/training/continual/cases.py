@@ -115,7 +115,7 @@ def frame_descriptors(model, volume, frames) -> list[torch.Tensor]:
     descriptors = []
     with model.inference():
         for frame in frames:
-            images = volume.model_input(frame, model.image_size, model.spec.preprocessing)[None].to(model.device)
+            images = model.input_for(volume, frame)[None].to(model.device)
             descriptors.append(encode_images(model.sam, images)[0].descriptor.cpu())
     return descriptors
 

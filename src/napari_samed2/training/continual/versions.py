@@ -87,6 +87,7 @@ class VersionInfo:
     replayed: str
     created: str
     tensors: int
+    input_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class ModelVersions:
             meta["version"], path, meta.get("parent") or None, meta["base"], meta.get("base_signature", ""),
             meta["architecture"], int(meta["image_size"]), meta.get("mode", ""), int(meta.get("steps", 0)),
             meta.get("trained", ""), meta.get("case", ""), meta.get("case_key", ""), meta.get("replayed", ""),
-            meta.get("created", ""), count,
+            meta.get("created", ""), count, float(meta.get("input_smoothing", 0.0)),
         )
 
     @property
@@ -158,7 +159,7 @@ class ModelVersions:
 
     def save(
         self, model: LoadedModel, tensors: dict[str, torch.Tensor], *, mode: str, steps: int, trained: str,
-        case: str, case_key: str, replayed: str,
+        case: str, case_key: str, replayed: str, input_smoothing: float = 0.0,
     ) -> VersionInfo:
         """Write ``tensors`` (the adapted model's changed tensors, sam2 names) as the next
         version of ``model``'s base, with ``model`` as its parent, and make it current."""
@@ -181,6 +182,7 @@ class ModelVersions:
             "base_signature": model.signature, "architecture": model.spec.name, "image_size": str(model.image_size),
             "mode": mode, "steps": str(steps), "trained": trained, "case": case, "case_key": case_key,
             "replayed": replayed, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "input_smoothing": f"{input_smoothing:g}",
         }
         path = self.folder / f"v{number:04d}.safetensors"
         cpu = {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in tensors.items()}
