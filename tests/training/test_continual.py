@@ -410,6 +410,14 @@ def test_a_version_keeps_its_input_smoothing_and_encodes_afresh(model, tmp_path,
     assert result.model.feature_signature != model.feature_signature  # its encoder sees smoothed slices
     reloaded = load_model(result.version.path, device="cpu", dtype="float32")
     assert reloaded.input_smoothing == 6.0 and reloaded.feature_signature == result.model.feature_signature
+    monkeypatch.undo()
+    # the candidates scored before training read their own features, not the base's (a version
+    # that shares the base's features, asked for another smoothing, no longer shares them)
+    sharing = load_model(list(adapt(model, real_case(model, 1), store, check=False, versions=tmp_path / "plain",
+                                    steps=1, smoothing=()))[-1].result.version.path, device="cpu", dtype="float32")
+    assert sharing.feature_signature == model.feature_signature
+    assert sharing.with_input_smoothing(3.0).feature_signature not in (model.feature_signature, sharing.feature_signature)
+    assert sharing.with_input_smoothing(0.0) is sharing
     image = (200 * np.random.default_rng(1).rayleigh(0.8, (FRAMES, 48, 56))).astype(np.float32)
     from napari_samed2.engine.volume import Volume
 

@@ -151,7 +151,9 @@ class Volume:
         unit = self.unit_frame(frame)
         sigma = self.smoothing_sigma(smoothing)
         if sigma:
-            unit = self._smoothed_windows.setdefault(sigma, self._smoothed_window(sigma))(self._blur(unit, sigma))
+            if sigma not in self._smoothed_windows:
+                self._smoothed_windows[sigma] = self._smoothed_window(sigma)
+            unit = self._smoothed_windows[sigma](self._blur(unit, sigma))
         unit = torch.from_numpy(np.ascontiguousarray(unit))
         image = unit.permute(2, 0, 1) if self.rgb else unit[None].expand(3, -1, -1)
         image = F.interpolate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -95,6 +96,13 @@ class LoadedModel:
         compute settings): the embedding cache's key. A version that only adapted memory
         attention or the decoder shares its base's, so switching to it encodes nothing again."""
         return self.shares_features_with or self.signature
+
+    def with_input_smoothing(self, smoothing: float) -> LoadedModel:
+        """The same weights reading their input with another smoothing: its features are
+        its own, not those cached for this model or for the base it shares them with."""
+        if smoothing == self.input_smoothing:
+            return self
+        return dataclasses.replace(self, input_smoothing=smoothing, shares_features_with=None)
 
     def input_for(self, volume, frame: int) -> torch.Tensor:
         """Frame ``frame`` of ``volume`` (an ``engine.Volume``) as this model's input."""

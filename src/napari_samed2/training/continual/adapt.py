@@ -232,7 +232,7 @@ class _ContinualTrainer(Trainer):
         smoothing = (model or self.model).input_smoothing
         for index, frame in enumerate(clip.frames):
             if (clip.source, frame, smoothing) not in self._features:
-                image = dataclasses.replace(self.teacher, input_smoothing=smoothing).input_for(clip.volume, index)[None]
+                image = self.teacher.with_input_smoothing(smoothing).input_for(clip.volume, index)[None]
                 with torch.no_grad():
                     self._features[(clip.source, frame, smoothing)] = encode_images(self.teacher.sam, image.to(self.teacher.device))[0]
         return [self._features[(clip.source, frame, smoothing)] for frame in clip.frames]
@@ -290,7 +290,7 @@ def choose_smoothing(model: LoadedModel, cases: list[ConfirmedCase], candidates,
         try:
             for k, sigma in sigmas.items():
                 if sigma not in by_sigma:
-                    by_sigma[sigma] = case_dice(dataclasses.replace(model, input_smoothing=k), case)
+                    by_sigma[sigma] = case_dice(model.with_input_smoothing(k), case)
         except (LabelError, VolumeError):
             continue
         for k in options:
@@ -329,15 +329,14 @@ def adapt(
     model_origin(model)  # refuses a model without a file before any work
     folder = versions if isinstance(versions, ModelVersions) else ModelVersions(versions or default_versions_folder(model))
     retrieved = tuple(store.retrieve(new_case.descriptor, config.top_k, exclude={new_case.key})) if config.replays else ()
-    earlier = [(r, store.case(r.case_id).pair(f"{r.case_id}:{r.name}")) for r in retrieved]
+    earlier = [(r, store.case(r.case_id)) for r in retrieved]
 
-    smoothing = choose_smoothing(model, [new_case] + [store.case(r.case_id) for r in retrieved], config.smoothing,
-                                 config.smoothing_margin)
+    smoothing = choose_smoothing(model, [new_case] + [case for _, case in earlier], config.smoothing, config.smoothing_margin)
     torch.manual_seed(config.seed)
     student = _student(model, smoothing)
     trainer = _ContinualTrainer(student, model, new_case.pair(f"new:{new_case.name}"), config)
-    for found, pair in earlier:
-        trainer.add_replay(pair, found.similarity)
+    for found, case in earlier:
+        trainer.add_replay(case.pair(f"{found.case_id}:{found.name}"), found.similarity)
     trainer.estimate_importance()
     for _ in range(config.steps):
         loss, terms, lr = trainer.train_step(trainer.batch())
