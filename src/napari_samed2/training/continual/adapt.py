@@ -273,14 +273,15 @@ def _student(model: LoadedModel, input_smoothing: float) -> LoadedModel:
 
 def choose_smoothing(model: LoadedModel, cases: list[ConfirmedCase], candidates, margin: float) -> float:
     """The input smoothing among ``candidates`` (and the model's own) under which ``model``
-    segments ``cases`` best (mean :func:`case_dice`); the model's own unless another gains at
-    least ``margin``. Cases whose input no candidate changes are not evaluated (their Dice is
-    the same under each), nor are cases the evaluation cannot score."""
+    segments ``cases`` best (mean :func:`case_dice` over the cases whose input a candidate
+    changes); the model's own unless another gains at least ``margin`` there. Cases whose
+    input no candidate changes are not evaluated (their Dice is the same under each, so they
+    would only dilute the gain), nor are cases the evaluation cannot score."""
     current = model.input_smoothing
     options = sorted({current, *candidates})
     if len(options) == 1:
         return current
-    scores = dict.fromkeys(options, 0.0)
+    scores, evaluated = dict.fromkeys(options, 0.0), 0
     for case in cases:
         volume = Volume(case.image, normalise=None if case.window is None else IntensityWindow(*case.window))
         sigmas = {k: volume.smoothing_sigma(k) for k in options}
@@ -293,8 +294,10 @@ def choose_smoothing(model: LoadedModel, cases: list[ConfirmedCase], candidates,
                     by_sigma[sigma] = case_dice(model.with_input_smoothing(k), case)
         except (LabelError, VolumeError):
             continue
+        evaluated += 1
         for k in options:
-            scores[k] += by_sigma[sigmas[k]] / len(cases)
+            scores[k] += by_sigma[sigmas[k]]
+    scores = {k: total / max(evaluated, 1) for k, total in scores.items()}  # the mean over the cases it changes
     best = max(options, key=lambda k: (scores[k], -abs(k - current)))
     return best if scores[best] >= scores[current] + margin else current
 
